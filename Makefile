@@ -1,0 +1,75 @@
+# vg-host: a Lua 5.4 host on libuv + libpq for video-generation workers.
+PREFIX   ?= /usr/local
+CC       ?= cc
+PKGS      = lua5.4 libuv libpq libcrypto
+VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS = -std=gnu11 $(WARN) $(CFLAGS) -Iinclude $(PKG_CFLAGS) -DVG_VERSION='"$(VERSION)"'
+LDLIBS   = $(PKG_LIBS) -lm
+
+SRC      := $(wildcard src/*.c)
+LIB_SRC  := $(filter-out src/main.c,$(SRC))
+CTESTS   := $(patsubst tests/c/%.c,%,$(wildcard tests/c/test_*.c))
+
+# BUILD selects the flavour: build/ (release) or build-asan/ (sanitizers).
+BUILD    ?= build
+ifeq ($(BUILD),build-asan)
+  ALL_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS  += -fsanitize=address,undefined
+endif
+
+OBJ      := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRC))
+LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
+
+.PHONY: all deps test test-c test-asan asan demo bench bench-smoke install clean check-deps
+
+all: $(BUILD)/vg-host
+
+$(BUILD)/vg-host: $(OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/vg/*.h) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests/c $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LDLIBS)
+
+ctests: $(addprefix $(BUILD)/tests/,$(CTESTS))
+
+asan:
+	$(MAKE) BUILD=build-asan all ctests
+
+deps:
+	@sh tests/deps.sh
+
+# The one test command: deps, both builds, then every suite; the last line
+# is "N passed, N failed".
+test: deps
+	$(MAKE) all ctests
+	$(MAKE) asan
+	@sh tests/run.sh
+
+demo: deps all
+	@sh scripts/demo.sh
+
+bench: deps all
+	@sh bench/run.sh
+
+bench-smoke: all
+	@BENCH_SMOKE=1 sh bench/run.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/vg-host
+	install -m 755 $(BUILD)/vg-host $(DESTDIR)$(PREFIX)/bin/vg-host
+	cp -R lua $(DESTDIR)$(PREFIX)/share/vg-host/
+	if [ -d sql ]; then cp -R sql $(DESTDIR)$(PREFIX)/share/vg-host/; fi
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,178 @@
+/* require "vg.config": configuration from the environment.
+ *
+ *   config.load{"DATABASE_URL", "FERNET_KEY"}  -> values; on any problem
+ *       logs one critical configuration_invalid line listing them all and
+ *       raises an error object (code "configuration_invalid"), which ends
+ *       the script with exit 1 unless it is caught.
+ *   config.check(required [, env]) -> values, problems (a list; empty when
+ *       all is well). env, a table, stands in for the process environment.
+ *   config.redacted(values) -> a copy safe to log (passwords and keys
+ *       hidden).
+ * values maps every known variable to its parsed value (numbers, booleans,
+ * normalised strings) plus worker_id and instance. */
+#include <lauxlib.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vg/config.h"
+#include "vg/dburl.h"
+#include "vg/err.h"
+#include "vg/log.h"
+
+static bool is_bool_var(const char *name)
+{
+    return strcmp(name, "VG_DB_PRE_PING") == 0 || strcmp(name, "VG_BATCH") == 0 ||
+           strcmp(name, "VG_REVIEW_GATES") == 0;
+}
+
+static bool is_num_var(const char *name)
+{
+    return strncmp(name, "VG_", 3) == 0 && !is_bool_var(name) &&
+           strcmp(name, "VG_PIPELINES") != 0 && strcmp(name, "VG_WORKSPACE") != 0;
+}
+
+/* Value of name from the env table at idx (0: the process environment). */
+static const char *env_value(lua_State *L, int env, const char *name)
+{
+    if (!env) return getenv(name);
+    lua_getfield(L, env, name);
+    const char *v = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the table keeps the string alive */
+    return v;
+}
+
+/* Pushes values and problems. */
+static void check(lua_State *L, int req, int env)
+{
+    lua_newtable(L);
+    int values = lua_gettop(L);
+    lua_newtable(L);
+    int problems = lua_gettop(L);
+    int np = 0;
+    for (size_t i = 0; vg_config_name(i); i++) {
+        const char *name = vg_config_name(i);
+        const char *raw = env_value(L, env, name);
+        double num;
+        char *str, *problem;
+        if (vg_config_parse(name, raw, &num, &str, &problem) != 0) {
+            lua_pushstring(L, problem);
+            lua_rawseti(L, problems, ++np);
+        } else if (str) {
+            lua_pushstring(L, str);
+            lua_setfield(L, values, name);
+        } else if (is_bool_var(name)) {
+            lua_pushboolean(L, num != 0);
+            lua_setfield(L, values, name);
+        } else if (is_num_var(name)) {
+            if (num == (lua_Integer)num) lua_pushinteger(L, (lua_Integer)num);
+            else lua_pushnumber(L, num);
+            lua_setfield(L, values, name);
+        }
+        free(str);
+        free(problem);
+    }
+    if (req) {
+        lua_Integer n = luaL_len(L, req);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, req, i);
+            const char *name = luaL_checkstring(L, -1);
+            const char *raw = env_value(L, env, name);
+            if (!raw || !*raw) {
+                lua_pushfstring(L, "%s is required but not set", name);
+                lua_rawseti(L, problems, ++np);
+            } else if (!vg_config_known(name)) {
+                lua_pushstring(L, raw);
+                lua_setfield(L, values, name);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    char *wid = vg_config_derive_worker_id(env_value(L, env, "WORKER_ID"),
+                                           env_value(L, env, "RAILWAY_SERVICE_NAME"),
+                                           env_value(L, env, "RAILWAY_REPLICA_ID"));
+    lua_pushstring(L, wid);
+    free(wid);
+    lua_setfield(L, values, "worker_id");
+    lua_pushstring(L, vg_config_instance());
+    lua_setfield(L, values, "instance");
+}
+
+static int l_config_check(lua_State *L)
+{
+    int req = 0, env = 0;
+    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE), req = 1;
+    if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE), env = 2;
+    check(L, req, env);
+    return 2;
+}
+
+static int l_config_load(lua_State *L)
+{
+    int req = 0;
+    if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE), req = 1;
+    check(L, req, 0);
+    lua_Integer np = luaL_len(L, -1);
+    if (np == 0) {
+        lua_pop(L, 1);
+        return 1;
+    }
+    vg_buf_t b = VG_BUF_INIT;
+    vg_buf_addc(&b, '[');
+    for (lua_Integer i = 1; i <= np; i++) {
+        lua_rawgeti(L, -1, i);
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        if (i > 1) vg_buf_addc(&b, ',');
+        vg_json_str(&b, s, len);
+        lua_pop(L, 1);
+    }
+    vg_buf_addc(&b, ']');
+    vg_log(VG_LOG_CRITICAL, "configuration_invalid", VG_F_INT("count", np),
+           VG_F_RAW("errors", b.data), VG_F_END);
+    vg_buf_free(&b);
+    int problems = lua_gettop(L);
+    vg_err_push(L, "configuration_invalid", false, "%d configuration problem(s), see the log",
+                (int)np);
+    lua_pushvalue(L, problems);
+    lua_setfield(L, -2, "problems");
+    return lua_error(L);
+}
+
+static int l_config_redacted(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+        if (strcmp(k, "FERNET_KEY") == 0) {
+            lua_pop(L, 1);
+            lua_pushliteral(L, "***");
+        } else if (strcmp(k, "DATABASE_URL") == 0 && lua_type(L, -1) == LUA_TSTRING) {
+            char *red = vg_dburl_redact(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            lua_pushstring(L, red);
+            free(red);
+        } else if (strcmp(k, "RAILWAY_REPLICA_ID") == 0) {
+            /* not secret, just noise */
+        }
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_settable(L, 2);
+    }
+    return 1;
+}
+
+static const luaL_Reg config_funcs[] = {
+    {"load", l_config_load},
+    {"check", l_config_check},
+    {"redacted", l_config_redacted},
+    {NULL, NULL},
+};
+
+int luaopen_vg_config(lua_State *L)
+{
+    luaL_newlib(L, config_funcs);
+    return 1;
+}

@@ -1,0 +1,752 @@
+/* The scheduler: tasks (Lua coroutines), the ready queue, waits, timeouts,
+ * cancellation and the shutdown sequence. This is the only place that calls
+ * lua_resume. libuv callbacks only record results and call vg_task_wake(). */
+#include "vg/sched.h"
+#include "vg/sched_host.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vg/buf.h"
+#include "vg/err.h"
+#include "vg/log.h"
+
+#define TASK_MT "vg.Task"
+
+/* Uservalues of a task's full userdata. */
+enum { UV_THREAD = 1, UV_RESULT = 2, UV_CONTEXT = 3, UV_COUNT = 3 };
+
+typedef enum { T_NEW, T_READY, T_RUNNING, T_WAITING, T_DONE } task_state_t;
+
+struct vg_task {
+    uv_timer_t timer;           /* sleeps and wait timeouts; closed when done */
+    lua_State *co;
+    int anchor;                 /* registry ref keeping the userdata alive */
+    long long id;
+    task_state_t state;
+    bool queued;                /* on the ready queue */
+    bool is_main;
+    bool cancel_pending;        /* deliver `cancelled` at the current/next wait */
+    bool failed;
+    bool cancelled;             /* ended by a cancellation */
+    int nargs;                  /* arguments for the first resume */
+    /* The pending wait. */
+    unsigned wait_flags;
+    vg_wait_cleanup_fn cleanup;
+    void *op;
+    vg_wake_t wake;
+    const char *waiting_for;    /* for the shutdown report */
+    /* Links. */
+    vg_task_t *next_ready;
+    vg_task_t *prev, *next;     /* live tasks */
+    vg_task_t *joiners;         /* tasks waiting in join() on this one */
+    vg_task_t *join_next;       /* link in the target's joiners list */
+    vg_task_t *join_target;
+    char *log_context;          /* pre-encoded fragment, see vg_log_set_context */
+};
+
+static struct {
+    lua_State *L;
+    uv_loop_t *loop;
+    uv_idle_t idle;             /* runs the ready queue */
+    uv_timer_t grace;           /* shutdown grace, then the forced-exit bound */
+    vg_task_t *ready_head, *ready_tail;
+    vg_task_t *live;            /* doubly linked list of tasks not yet done */
+    long long live_count;
+    long long next_id;
+    vg_task_t *running;
+    vg_task_t *main_task;
+    bool shutdown;
+    bool grace_over;
+    bool ended;                 /* uv_stop was called because no task remains */
+    int exit_code;
+    double grace_seconds;
+    int on_shutdown_ref;        /* table of functions */
+    struct atexit_fn { vg_atexit_fn fn; void *arg; } *atexit_fns;
+    size_t n_atexit;
+} S;
+
+static void ready_push(vg_task_t *t);
+static void on_wait_timeout(uv_timer_t *h);
+static void on_idle(uv_idle_t *h);
+
+uv_loop_t *vg_loop(void) { return S.loop; }
+
+bool vg_shutdown_requested(void) { return S.shutdown; }
+
+vg_task_t *vg_task_running(void) { return S.running; }
+
+long long vg_task_id(const vg_task_t *t) { return t->id; }
+
+void vg_sched_atexit(vg_atexit_fn fn, void *arg)
+{
+    S.atexit_fns = vg_xrealloc(S.atexit_fns, (S.n_atexit + 1) * sizeof *S.atexit_fns);
+    S.atexit_fns[S.n_atexit].fn = fn;
+    S.atexit_fns[S.n_atexit].arg = arg;
+    S.n_atexit++;
+}
+
+/* ---- the ready queue -------------------------------------------------- */
+
+static void ready_push(vg_task_t *t)
+{
+    if (t->queued) return;
+    t->queued = true;
+    t->state = T_READY;
+    t->next_ready = NULL;
+    if (S.ready_tail) S.ready_tail->next_ready = t;
+    else S.ready_head = t;
+    S.ready_tail = t;
+    if (!uv_is_active((uv_handle_t *)&S.idle)) uv_idle_start(&S.idle, on_idle);
+}
+
+static vg_task_t *ready_pop(void)
+{
+    vg_task_t *t = S.ready_head;
+    if (!t) return NULL;
+    S.ready_head = t->next_ready;
+    if (!S.ready_head) S.ready_tail = NULL;
+    t->queued = false;
+    return t;
+}
+
+/* ---- waits ------------------------------------------------------------ */
+
+vg_task_t *vg_task_current(lua_State *L)
+{
+    vg_task_t *t = *(vg_task_t **)lua_getextraspace(L);
+    if (!t || t->co != L || t->state != T_RUNNING)
+        luaL_error(L, "this call waits, so it must run in a vg task (not in the main "
+                      "state, a nested coroutine, a metamethod or a require)");
+    return t;
+}
+
+void vg_task_wait(vg_task_t *t, unsigned flags, double timeout_s,
+                  vg_wait_cleanup_fn cleanup, void *op)
+{
+    t->wait_flags = flags;
+    t->cleanup = cleanup;
+    t->op = op;
+    t->wake = VG_WAKE_DONE;
+    t->waiting_for = NULL;
+    if (timeout_s >= 0) {
+        double ms = ceil(timeout_s * 1000.0);
+        if (ms > 9e15) ms = 9e15;
+        uv_update_time(S.loop);
+        uv_timer_start(&t->timer, on_wait_timeout, (uint64_t)ms, 0);
+    }
+}
+
+void vg_task_wait_label(vg_task_t *t, const char *what) { t->waiting_for = what; }
+
+/* End the pending wait for a reason other than completion. */
+static void end_wait(vg_task_t *t, vg_wake_t why)
+{
+    if (t->state != T_WAITING) return;
+    vg_wait_cleanup_fn cleanup = t->cleanup;
+    void *op = t->op;
+    t->cleanup = NULL;
+    t->op = NULL;
+    uv_timer_stop(&t->timer);
+    t->wake = why;
+    if (cleanup) cleanup(op);
+    ready_push(t);
+}
+
+static void on_wait_timeout(uv_timer_t *h)
+{
+    end_wait((vg_task_t *)h, VG_WAKE_TIMEOUT);
+}
+
+int vg_task_yield(lua_State *L, lua_KContext ctx, lua_KFunction k)
+{
+    vg_task_t *t = *(vg_task_t **)lua_getextraspace(L);
+    t->state = T_WAITING;
+    return lua_yieldk(L, 0, ctx, k);
+}
+
+void vg_task_wake(vg_task_t *t)
+{
+    if (!t || t->state != T_WAITING) return;
+    uv_timer_stop(&t->timer);
+    t->cleanup = NULL;
+    t->op = NULL;
+    t->wake = VG_WAKE_DONE;
+    ready_push(t);
+}
+
+vg_wake_t vg_task_woken(lua_State *L)
+{
+    vg_task_t *t = *(vg_task_t **)lua_getextraspace(L);
+    vg_wake_t why = t->wake;
+    t->wake = VG_WAKE_DONE;
+    if (why == VG_WAKE_CANCELLED) {
+        t->cancelled = true;
+        vg_err_raise(L, "cancelled", false, "task %I was cancelled", (lua_Integer)t->id);
+    }
+    return why;
+}
+
+/* Decide, right after the task yielded, whether its wait must end at once:
+ * a pending cancellation, or shutdown for an interruptible wait. */
+static void check_wait_now(vg_task_t *t)
+{
+    if (t->cancel_pending) {
+        t->cancel_pending = false;
+        end_wait(t, VG_WAKE_CANCELLED);
+    } else if (S.shutdown && (t->wait_flags & VG_WAIT_INTERRUPTIBLE)) {
+        end_wait(t, VG_WAKE_INTERRUPTED);
+    }
+}
+
+/* ---- task lifecycle --------------------------------------------------- */
+
+static void on_task_timer_closed(uv_handle_t *h)
+{
+    vg_task_t *t = (vg_task_t *)h;
+    free(t->log_context);
+    t->log_context = NULL;
+    /* The userdata may now be collected once scripts drop their handles. */
+    luaL_unref(S.L, LUA_REGISTRYINDEX, t->anchor);
+    t->anchor = LUA_NOREF;
+}
+
+static void live_unlink(vg_task_t *t)
+{
+    if (t->prev) t->prev->next = t->next;
+    else S.live = t->next;
+    if (t->next) t->next->prev = t->prev;
+    t->prev = t->next = NULL;
+    S.live_count--;
+}
+
+/* Push the task's userdata (anchored while it lives) onto L. */
+static void push_task(lua_State *L, vg_task_t *t)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->anchor);
+}
+
+/* Protected: luaL_tolstring can run a __tostring metamethod. */
+static int tostring_p(lua_State *L)
+{
+    luaL_tolstring(L, 1, NULL);
+    return 1;
+}
+
+static const char *safe_tostring(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    lua_pushcfunction(L, tostring_p);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushliteral(L, "(error object is not a string)");
+    }
+    return lua_tostring(L, -1);
+}
+
+static void wake_joiners(vg_task_t *t)
+{
+    vg_task_t *j = t->joiners;
+    t->joiners = NULL;
+    while (j) {
+        vg_task_t *next = j->join_next;
+        j->join_next = NULL;
+        j->join_target = NULL;
+        vg_task_wake(j);
+        j = next;
+    }
+}
+
+static void cancel_all(void);
+
+/* The task's coroutine returned (ok) or raised (!ok); its results or error
+ * are on co's stack. Record them in the UV_RESULT table. */
+static void task_finish(vg_task_t *t, bool ok, int nres)
+{
+    lua_State *L = S.L;
+    int top = lua_gettop(L);
+    push_task(L, t);
+    int ud = lua_gettop(L);
+    t->state = T_DONE;
+    if (ok) {
+        lua_createtable(L, nres, 1);
+        int res = lua_gettop(L);
+        lua_xmove(t->co, L, nres);
+        for (int i = nres; i >= 1; i--) lua_rawseti(L, res, i);
+        lua_pushinteger(L, nres);
+        lua_setfield(L, res, "n");
+        lua_setiuservalue(L, ud, UV_RESULT);
+    } else {
+        lua_xmove(t->co, L, 1);
+        int errv = lua_gettop(L);
+        bool cancelled = t->cancelled || vg_err_is(L, errv, "cancelled");
+        t->failed = true;
+        t->cancelled = cancelled;
+        const char *msg = safe_tostring(L, errv);
+        luaL_traceback(L, t->co, msg, 0);
+        const char *tb = lua_tostring(L, -1);
+        if (cancelled) {
+            vg_log(VG_LOG_DEBUG, "task_cancelled", VG_F_INT("task", t->id), VG_F_END);
+        } else if (t->is_main) {
+            vg_log(VG_LOG_CRITICAL, "script_error", VG_F_STR("error", msg),
+                   VG_F_STR("traceback", tb), VG_F_END);
+        } else {
+            vg_log(VG_LOG_ERROR, "task_failed", VG_F_INT("task", t->id),
+                   VG_F_STR("error", msg), VG_F_STR("traceback", tb), VG_F_END);
+        }
+        lua_createtable(L, 0, 3);
+        lua_pushvalue(L, errv);
+        lua_setfield(L, -2, "error");
+        lua_pushvalue(L, -2);
+        lua_setfield(L, -2, "traceback");
+        lua_setiuservalue(L, ud, UV_RESULT);
+        lua_resetthread(t->co); /* runs pending to-be-closed variables */
+    }
+    /* Drop the coroutine: its stack is no longer needed. */
+    lua_pushnil(L);
+    lua_setiuservalue(L, ud, UV_THREAD);
+    t->co = NULL;
+    lua_settop(L, top);
+
+    live_unlink(t);
+    wake_joiners(t);
+    uv_close((uv_handle_t *)&t->timer, on_task_timer_closed);
+
+    if (t->is_main) {
+        S.main_task = NULL;
+        if (!ok && !(t->cancelled && S.shutdown)) {
+            S.exit_code = 1;
+            cancel_all(); /* an uncaught script error ends the host */
+        }
+    }
+    if (S.live_count == 0 && !S.ended) {
+        S.ended = true;
+        uv_stop(S.loop);
+    }
+}
+
+static void task_resume(vg_task_t *t)
+{
+    lua_State *co = t->co;
+    int nargs = 0;
+    if (t->nargs >= 0) { /* first resume: pass the arguments */
+        nargs = t->nargs;
+        t->nargs = -1;
+    }
+    t->state = T_RUNNING;
+    S.running = t;
+    vg_log_set_context(t->log_context);
+    int nres = 0;
+    int rc = lua_resume(co, S.L, nargs, &nres);
+    S.running = NULL;
+    vg_log_set_context(NULL);
+    if (rc == LUA_YIELD) {
+        if (t->state == T_RUNNING) {
+            /* A plain coroutine.yield() in a task: give others a turn. */
+            lua_pop(co, nres);
+            ready_push(t);
+        } else {
+            check_wait_now(t);
+        }
+    } else {
+        task_finish(t, rc == LUA_OK, nres);
+    }
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    /* Run only the tasks ready now, so a task that keeps yielding cannot
+     * starve I/O: the ones it wakes wait for the next loop iteration. */
+    vg_task_t *last = S.ready_tail;
+    vg_task_t *t;
+    while ((t = ready_pop())) {
+        bool was_last = t == last;
+        if (t->co) task_resume(t);
+        if (was_last) break;
+    }
+    if (!S.ready_head) uv_idle_stop(h);
+}
+
+/* Create a task from the function and nargs arguments on top of L; pushes
+ * the task handle. */
+vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
+{
+    luaL_checktype(L, -nargs - 1, LUA_TFUNCTION);
+    vg_task_t *t = lua_newuserdatauv(L, sizeof *t, UV_COUNT);
+    memset(t, 0, sizeof *t);
+    luaL_setmetatable(L, TASK_MT);
+    int ud = lua_gettop(L);
+    lua_State *co = lua_newthread(L);
+    lua_setiuservalue(L, ud, UV_THREAD);
+    *(vg_task_t **)lua_getextraspace(co) = t;
+    /* Move the function and arguments (below the userdata) to co. */
+    lua_rotate(L, ud - nargs - 1, 1); /* userdata below fn+args */
+    lua_xmove(L, co, nargs + 1);
+    t->co = co;
+    t->id = ++S.next_id;
+    t->nargs = nargs;
+    t->is_main = is_main;
+    t->state = T_NEW;
+    /* Inherit the log context of the spawning task. */
+    vg_task_t *parent = S.running;
+    lua_createtable(L, 0, 2);
+    if (parent) {
+        push_task(L, parent);
+        lua_getiuservalue(L, -1, UV_CONTEXT);
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_settable(L, -5);
+        }
+        lua_pop(L, 2);
+        if (parent->log_context) t->log_context = vg_xstrdup(parent->log_context);
+    }
+    lua_setiuservalue(L, -2, UV_CONTEXT);
+    uv_timer_init(S.loop, &t->timer);
+    lua_pushvalue(L, -1);
+    t->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->next = S.live;
+    if (S.live) S.live->prev = t;
+    S.live = t;
+    S.live_count++;
+    if (is_main) S.main_task = t;
+    if (S.grace_over && !is_main) t->cancel_pending = true;
+    ready_push(t);
+    return t;
+}
+
+void vg_task_cancel(vg_task_t *t)
+{
+    switch (t->state) {
+    case T_WAITING:
+        t->cancel_pending = false;
+        end_wait(t, VG_WAKE_CANCELLED);
+        break;
+    case T_DONE:
+        break;
+    default:
+        t->cancel_pending = true;
+        break;
+    }
+}
+
+static void cancel_all(void)
+{
+    for (vg_task_t *t = S.live; t; t = t->next) vg_task_cancel(t);
+}
+
+/* ---- log context ------------------------------------------------------ */
+
+void vg_task_set_log_context(vg_task_t *t, char *fragment)
+{
+    free(t->log_context);
+    t->log_context = fragment;
+    if (S.running == t) vg_log_set_context(fragment);
+}
+
+void vg_task_push_context(lua_State *L, vg_task_t *t)
+{
+    push_task(L, t);
+    lua_getiuservalue(L, -1, UV_CONTEXT);
+    lua_remove(L, -2);
+}
+
+/* ---- shutdown --------------------------------------------------------- */
+
+static void log_still_running(const char *event, vg_log_level_t level)
+{
+    vg_buf_t b = VG_BUF_INIT;
+    vg_buf_addc(&b, '[');
+    int n = 0;
+    for (vg_task_t *t = S.live; t && n < 50; t = t->next, n++) {
+        if (n) vg_buf_addc(&b, ',');
+        vg_buf_printf(&b, "{\"task\":%lld,\"state\":\"%s\"", t->id,
+                      t->state == T_WAITING ? "waiting" : "ready");
+        if (t->waiting_for) {
+            vg_buf_adds(&b, ",\"waiting_for\":");
+            vg_json_str(&b, t->waiting_for, strlen(t->waiting_for));
+        }
+        vg_buf_addc(&b, '}');
+    }
+    vg_buf_addc(&b, ']');
+    vg_log(level, event, VG_F_INT("tasks_running", S.live_count), VG_F_RAW("tasks", b.data),
+           VG_F_END);
+    vg_buf_free(&b);
+}
+
+static void on_force_timeout(uv_timer_t *h)
+{
+    log_still_running("shutdown_forced", VG_LOG_CRITICAL);
+    vg_log(VG_LOG_INFO, "worker_shutdown", VG_F_STR("reason", "forced"), VG_F_END);
+    exit(0);
+}
+
+static void grace_expired(void)
+{
+    if (S.grace_over) return;
+    S.grace_over = true;
+    if (S.live_count > 0) {
+        log_still_running("shutdown_grace_expired", VG_LOG_WARNING);
+        cancel_all();
+    }
+    /* Cleanup code gets a bounded time of its own. */
+    uv_timer_start(&S.grace, on_force_timeout, 10000, 0);
+}
+
+static void on_grace_timeout(uv_timer_t *h) { grace_expired(); }
+
+static void interrupt_waits(void)
+{
+    for (vg_task_t *t = S.live; t; t = t->next)
+        if (t->state == T_WAITING && (t->wait_flags & VG_WAIT_INTERRUPTIBLE))
+            end_wait(t, VG_WAKE_INTERRUPTED);
+}
+
+void vg_sched_shutdown(const char *signame)
+{
+    if (S.shutdown) {
+        if (!S.grace_over) {
+            vg_log(VG_LOG_WARNING, "shutdown_grace_skipped", VG_F_STR("signal", signame),
+                   VG_F_END);
+            grace_expired();
+        } else {
+            vg_log(VG_LOG_WARNING, "shutdown_forced", VG_F_STR("signal", signame), VG_F_END);
+            exit(0);
+        }
+        return;
+    }
+    S.shutdown = true;
+    vg_log(VG_LOG_INFO, "shutdown_signal_received", VG_F_STR("signal", signame),
+           VG_F_NUM("grace_seconds", S.grace_seconds), VG_F_INT("tasks_running", S.live_count),
+           VG_F_END);
+    interrupt_waits();
+    /* on_shutdown callbacks run as tasks of their own. */
+    lua_State *L = S.L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S.on_shutdown_ref);
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        vg_task_spawn(L, 0, false);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    uint64_t ms = (uint64_t)(S.grace_seconds * 1000.0);
+    uv_timer_start(&S.grace, on_grace_timeout, ms, 0);
+}
+
+/* ---- the Lua side of tasks -------------------------------------------- */
+
+static vg_task_t *check_task(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, TASK_MT);
+}
+
+static void unlink_joiner(void *op)
+{
+    vg_task_t *j = op;
+    vg_task_t *target = j->join_target;
+    if (!target) return;
+    for (vg_task_t **p = &target->joiners; *p; p = &(*p)->join_next) {
+        if (*p == j) {
+            *p = j->join_next;
+            break;
+        }
+    }
+    j->join_next = NULL;
+    j->join_target = NULL;
+}
+
+/* Results of a finished task: its return values, or its error re-raised. */
+static int push_results(lua_State *L, int idx)
+{
+    vg_task_t *t = check_task(L, idx);
+    (void)t;
+    lua_getiuservalue(L, idx, UV_RESULT);
+    int res = lua_gettop(L);
+    lua_getfield(L, res, "error");
+    if (!lua_isnil(L, -1)) {
+        /* Unwrap the error value; keep tables (error objects) as they are. */
+        return lua_error(L);
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, res, "n");
+    int n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, n, "too many results");
+    for (int i = 1; i <= n; i++) lua_rawgeti(L, res, i);
+    return n;
+}
+
+static int join_k(lua_State *L, int status, lua_KContext ctx)
+{
+    vg_wake_t why = vg_task_woken(L);
+    if (why == VG_WAKE_TIMEOUT) {
+        lua_pushnil(L);
+        vg_err_push(L, "timeout", true, "join timed out");
+        return 2;
+    }
+    return push_results(L, 1);
+}
+
+/* task:join([timeout]) -> results of the task, or raises its error. */
+static int l_task_join(lua_State *L)
+{
+    vg_task_t *target = check_task(L, 1);
+    double timeout = luaL_optnumber(L, 2, -1);
+    lua_settop(L, 1);
+    if (target->state == T_DONE) return push_results(L, 1);
+    vg_task_t *self = vg_task_current(L);
+    if (self == target) return luaL_error(L, "a task cannot join itself");
+    self->join_target = target;
+    self->join_next = target->joiners;
+    target->joiners = self;
+    vg_task_wait(self, 0, timeout, unlink_joiner, self);
+    vg_task_wait_label(self, "join");
+    return vg_task_yield(L, 0, join_k);
+}
+
+static int l_task_cancel(lua_State *L)
+{
+    vg_task_t *t = check_task(L, 1);
+    if (t->state == T_DONE) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    vg_task_cancel(t);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_task_done(lua_State *L)
+{
+    lua_pushboolean(L, check_task(L, 1)->state == T_DONE);
+    return 1;
+}
+
+static int l_task_status(lua_State *L)
+{
+    vg_task_t *t = check_task(L, 1);
+    const char *s = "running";
+    if (t->state == T_DONE) s = t->cancelled ? "cancelled" : t->failed ? "failed" : "completed";
+    lua_pushstring(L, s);
+    return 1;
+}
+
+static int l_task_id(lua_State *L)
+{
+    lua_pushinteger(L, check_task(L, 1)->id);
+    return 1;
+}
+
+static int l_task_tostring(lua_State *L)
+{
+    vg_task_t *t = check_task(L, 1);
+    lua_pushfstring(L, "vg.Task(%I)", (lua_Integer)t->id);
+    return 1;
+}
+
+static const luaL_Reg task_methods[] = {
+    {"join", l_task_join},     {"cancel", l_task_cancel}, {"done", l_task_done},
+    {"status", l_task_status}, {"id", l_task_id},         {NULL, NULL},
+};
+
+/* ---- sleep ------------------------------------------------------------ */
+
+static int sleep_k(lua_State *L, int status, lua_KContext ctx)
+{
+    vg_wake_t why = vg_task_woken(L);
+    lua_pushboolean(L, why != VG_WAKE_INTERRUPTED);
+    return 1;
+}
+
+/* vg.sleep(seconds [, {interruptible=false}]) -> true when it slept the
+ * whole time, false when shutdown interrupted it. */
+int vg_sched_l_sleep(lua_State *L)
+{
+    double s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && s == s, 1, "seconds must be a non-negative number");
+    unsigned flags = VG_WAIT_INTERRUPTIBLE;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "interruptible");
+        if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) flags = 0;
+        lua_pop(L, 1);
+    }
+    vg_task_t *t = vg_task_current(L);
+    vg_task_wait(t, flags, s, NULL, NULL);
+    vg_task_wait_label(t, "sleep");
+    return vg_task_yield(L, 0, sleep_k);
+}
+
+int vg_sched_l_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    vg_task_spawn(L, lua_gettop(L) - 1, false);
+    return 1;
+}
+
+int vg_sched_l_on_shutdown(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S.on_shutdown_ref);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+    if (S.shutdown) { /* registered late: run it now */
+        lua_pushvalue(L, 1);
+        vg_task_spawn(L, 0, false);
+    }
+    return 0;
+}
+
+int vg_sched_l_current(lua_State *L)
+{
+    vg_task_t *t = *(vg_task_t **)lua_getextraspace(L);
+    if (!t || t->co != L) return 0;
+    push_task(L, t);
+    return 1;
+}
+
+/* ---- host start and end ----------------------------------------------- */
+
+void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds)
+{
+    memset(&S, 0, sizeof S);
+    S.L = L;
+    S.loop = loop;
+    S.grace_seconds = grace_seconds;
+    uv_idle_init(loop, &S.idle);
+    uv_timer_init(loop, &S.grace);
+    uv_unref((uv_handle_t *)&S.grace);
+    lua_newtable(L);
+    S.on_shutdown_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (luaL_newmetatable(L, TASK_MT)) {
+        luaL_newlib(L, task_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_task_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+}
+
+/* Run the loop until every task has ended, then the atexit hooks, then
+ * close the scheduler's handles. Returns the exit code. */
+int vg_sched_run(void)
+{
+    if (S.live_count > 0) uv_run(S.loop, UV_RUN_DEFAULT);
+    if (!S.ended && S.live_count > 0) {
+        log_still_running("tasks_deadlocked", VG_LOG_CRITICAL);
+        S.exit_code = 1;
+    }
+    for (size_t i = 0; i < S.n_atexit; i++) S.atexit_fns[i].fn(S.atexit_fns[i].arg);
+    free(S.atexit_fns);
+    S.atexit_fns = NULL;
+    S.n_atexit = 0;
+    uv_close((uv_handle_t *)&S.idle, NULL);
+    uv_close((uv_handle_t *)&S.grace, NULL);
+    return S.exit_code;
+}
+
+int vg_sched_exit_code(void) { return S.exit_code; }
