@@ -287,6 +287,8 @@ int main(int argc, char **argv)
         vg_log(VG_LOG_CRITICAL, "out_of_memory", VG_F_END);
         return EXIT_FATAL;
     }
+    /* Threads copy the main thread's extra space: NULL means "not a task". */
+    *(void **)lua_getextraspace(L) = NULL;
     lua_pushcfunction(L, pmain);
     lua_pushlightuserdata(L, &cli);
     int code = EXIT_FATAL;

@@ -393,6 +393,7 @@ vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
     /* Inherit the log context of the spawning task. */
     vg_task_t *parent = S.running;
     lua_createtable(L, 0, 2);
+    int ctx = lua_gettop(L);
     if (parent) {
         push_task(L, parent);
         lua_getiuservalue(L, -1, UV_CONTEXT);
@@ -400,7 +401,7 @@ vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
         while (lua_next(L, -2)) {
             lua_pushvalue(L, -2);
             lua_insert(L, -2);
-            lua_settable(L, -5);
+            lua_settable(L, ctx);
         }
         lua_pop(L, 2);
         if (parent->log_context) t->log_context = vg_xstrdup(parent->log_context);

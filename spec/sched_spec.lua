@@ -1,0 +1,179 @@
+-- The scheduler: tasks, sleep, join, cancel, errors, context inheritance.
+local vg = require "vg"
+local log = require "vg.log"
+
+describe("vg.sleep", function()
+  it("sleeps about the requested time and returns true", function()
+    local t0 = vg.now()
+    assert.is_true(vg.sleep(0.05))
+    local dt = vg.now() - t0
+    assert.is_true(dt >= 0.049, "slept only " .. dt)
+  end)
+
+  it("rejects negative and non-numeric durations", function()
+    assert.has_error(function() vg.sleep(-1) end)
+    assert.has_error(function() vg.sleep("soon") end)
+  end)
+
+  it("lets other tasks run while one sleeps", function()
+    local order = {}
+    local a = vg.spawn(function() vg.sleep(0.06); order[#order + 1] = "slow" end)
+    local b = vg.spawn(function() vg.sleep(0.01); order[#order + 1] = "fast" end)
+    a:join(); b:join()
+    assert.same({ "fast", "slow" }, order)
+  end)
+end)
+
+describe("vg.now and vg.time", function()
+  it("gives a monotonic clock and the wall clock", function()
+    local a = vg.now()
+    local b = vg.now()
+    assert.is_true(b >= a)
+    assert.is_true(math.abs(vg.time() - os.time()) < 2)
+  end)
+end)
+
+describe("vg.spawn", function()
+  it("passes arguments and returns results through join", function()
+    local t = vg.spawn(function(x, y) vg.sleep(0); return x + y, "done" end, 2, 3)
+    local sum, word = t:join()
+    assert.equal(5, sum)
+    assert.equal("done", word)
+    assert.is_true(t:done())
+    assert.equal("completed", t:status())
+  end)
+
+  it("joins a task that already finished", function()
+    local t = vg.spawn(function() return 42 end)
+    vg.sleep(0.01)
+    assert.equal(42, t:join())
+  end)
+
+  it("reports a task's error to the joiner without killing the host", function()
+    local t = vg.spawn(function() error({ code = "boom" }) end)
+    local ok, err = pcall(t.join, t)
+    assert.is_false(ok)
+    assert.equal("boom", err.code)
+    assert.equal("failed", t:status())
+  end)
+
+  it("join with a timeout returns nil and a timeout error", function()
+    local t = vg.spawn(function() vg.sleep(5) end)
+    local r, err = t:join(0.02)
+    assert.is_nil(r)
+    assert.equal("timeout", err.code)
+    t:cancel()
+  end)
+
+  it("runs ten thousand sleeping tasks", function()
+    local n, tasks = 0, {}
+    for i = 1, 10000 do
+      tasks[i] = vg.spawn(function() vg.sleep(0.05); n = n + 1 end)
+    end
+    for i = 1, #tasks do tasks[i]:join() end
+    assert.equal(10000, n)
+  end)
+
+  it("gives yielding tasks turns without starving timers", function()
+    local ticks = 0
+    local spinner = vg.spawn(function()
+      while ticks < 3 do coroutine.yield() end
+    end)
+    for _ = 1, 3 do vg.sleep(0.001); ticks = ticks + 1 end
+    spinner:join()
+    assert.equal(3, ticks)
+  end)
+end)
+
+describe("cancellation", function()
+  it("raises cancelled at the current wait so cleanup runs", function()
+    local cleaned = false
+    local t = vg.spawn(function()
+      local ok, err = pcall(vg.sleep, 10)
+      cleaned = true
+      assert(not ok and vg.is_cancelled(err))
+      error(err, 0)
+    end)
+    vg.sleep(0.01)
+    assert.is_true(t:cancel())
+    local ok, err = pcall(t.join, t)
+    assert.is_false(ok)
+    assert.is_true(vg.is_cancelled(err))
+    assert.is_true(cleaned)
+    assert.equal("cancelled", t:status())
+  end)
+
+  it("delivers a cancel requested before the task waits at its next wait", function()
+    local reached = false
+    local t = vg.spawn(function()
+      reached = true
+      vg.sleep(10)
+      return "not cancelled"
+    end)
+    t:cancel()
+    local ok, err = pcall(t.join, t)
+    assert.is_true(reached)
+    assert.is_false(ok)
+    assert.is_true(vg.is_cancelled(err))
+  end)
+
+  it("lets cleanup code wait after the cancellation", function()
+    local t = vg.spawn(function()
+      local ok = pcall(vg.sleep, 10)
+      assert(not ok)
+      vg.sleep(0.01) -- cleanup that waits works
+      return "cleaned up"
+    end)
+    vg.sleep(0.01)
+    t:cancel()
+    assert.equal("cleaned up", t:join())
+  end)
+
+  it("cancelling a finished task does nothing", function()
+    local t = vg.spawn(function() return 1 end)
+    t:join()
+    assert.is_false(t:cancel())
+  end)
+
+  it("cancels a task waiting in join", function()
+    local inner = vg.spawn(function() vg.sleep(10) end)
+    local outer = vg.spawn(function() return inner:join() end)
+    vg.sleep(0.01)
+    outer:cancel()
+    assert.is_false(pcall(outer.join, outer))
+    assert.is_false(inner:done())
+    inner:cancel()
+    assert.is_false(pcall(inner.join, inner))
+  end)
+end)
+
+describe("waits outside a task", function()
+  it("raise a clear error in a nested coroutine", function()
+    local co = coroutine.create(function() return vg.sleep(0.01) end)
+    local ok, err = coroutine.resume(co)
+    assert.is_false(ok)
+    assert.matches("must run in a vg task", err)
+  end)
+end)
+
+describe("log context", function()
+  it("is bound to the task and inherited by the tasks it spawns", function()
+    local seen = {}
+    local t = vg.spawn(function()
+      log.context({ correlation_id = "42" })
+      local child = vg.spawn(function()
+        vg.sleep(0)
+        return log.get_context().correlation_id
+      end)
+      seen.child = child:join()
+      seen.own = log.get_context().correlation_id
+      log.clear_context("correlation_id")
+      seen.cleared = log.get_context().correlation_id
+    end)
+    t:join()
+    assert.equal("42", seen.child)
+    assert.equal("42", seen.own)
+    assert.is_nil(seen.cleared)
+    assert.is_nil(log.get_context().correlation_id) -- not leaked to the spec's task
+  end)
+end)
