@@ -52,6 +52,7 @@ void vg_buf_reserve(vg_buf_t *b, size_t extra)
     while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
     b->data = vg_xrealloc(b->data, cap);
     b->cap = cap;
+    b->data[b->len] = '\0';
 }
 
 void vg_buf_add(vg_buf_t *b, const void *p, size_t n)
@@ -101,7 +102,7 @@ void vg_buf_free(vg_buf_t *b)
 
 char *vg_buf_steal(vg_buf_t *b)
 {
-    if (!b->data) vg_buf_reserve(b, 0), b->data[0] = '\0';
+    if (!b->data) vg_buf_reserve(b, 0);
     char *p = b->data;
     b->data = NULL;
     b->len = b->cap = 0;
