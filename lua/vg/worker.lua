@@ -11,6 +11,7 @@ local M = {}
 M.EXCESSIVE_ERRORS = 10      -- more than this many errors ...
 M.ERROR_WINDOW = 60          -- ... within this many seconds is excessive
 M.MAX_BACKOFF = 30
+M.BACKOFF_BASE = 0.5         -- first back-off after an error, doubling
 
 local function traceback(err)
   if vg.is_cancelled(err) then return err end
@@ -44,7 +45,7 @@ local function on_error(state, e)
   end
   -- A short back-off that grows while errors repeat, so a broken
   -- dependency is not hammered; shutdown interrupts it.
-  local delay = math.min(M.MAX_BACKOFF, 0.5 * 2 ^ (state.consecutive_errors - 1))
+  local delay = math.min(M.MAX_BACKOFF, M.BACKOFF_BASE * 2 ^ (state.consecutive_errors - 1))
   vg.sleep(delay)
 end
 

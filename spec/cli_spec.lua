@@ -1,0 +1,205 @@
+-- The command line, exit codes and the log format, seen from outside: each
+-- test runs the real binary as a child process.
+local host = require "spec.support.host"
+
+describe("vg-host command line", function()
+  after_each(host.cleanup)
+
+  it("prints its version and exits 0", function()
+    local r = host.run { "--version" }
+    assert.equal(0, r.code)
+    assert.matches("^vg%-host %d+%.%d+%.%d+", r.stdout)
+  end)
+
+  it("prints help and exits 0", function()
+    local r = host.run { "--help" }
+    assert.equal(0, r.code)
+    assert.matches("usage: vg%-host", r.stdout)
+  end)
+
+  it("exits 2 on a usage error", function()
+    assert.equal(2, host.run({}).code)
+    local r = host.run { "--bogus", "x.lua" }
+    assert.equal(2, r.code)
+    assert.matches("unknown option", r.stderr)
+  end)
+
+  it("reports a missing script as a critical JSON line and exits 1", function()
+    local r = host.run { "/nonexistent/script.lua" }
+    assert.equal(1, r.code)
+    local l = host.find(host.lines(r.stdout), "script_not_found")
+    assert.equal("critical", l.level)
+  end)
+
+  it("reports a syntax error and exits 1", function()
+    local r = host.run { host.script("local x = = 1") }
+    assert.equal(1, r.code)
+    local l = host.find(host.lines(r.stdout), "script_syntax_error")
+    assert.equal("critical", l.level)
+    assert.matches("unexpected symbol", l.error)
+  end)
+
+  it("reports an uncaught runtime error with its traceback and exits 1", function()
+    local r = host.run { host.script("local function f() error('kaput') end\nf()") }
+    assert.equal(1, r.code)
+    local l = host.find(host.lines(r.stdout), "script_error")
+    assert.equal("critical", l.level)
+    assert.matches("kaput", l.error)
+    assert.matches("stack traceback", l.traceback)
+    assert.matches("in local 'f'", l.traceback)
+  end)
+
+  it("--check compiles without running", function()
+    local ok = host.run { "--check", host.script("error('must not run')") }
+    assert.equal(0, ok.code)
+    assert.equal("", ok.stdout)
+    local bad = host.run { "--check", host.script("if then") }
+    assert.equal(1, bad.code)
+  end)
+
+  it("sets arg and the script's varargs like the stock interpreter", function()
+    local s = host.script([[
+      local a, b = ...
+      print(arg[0] == ARG0, arg[1], arg[2], a, b, #arg, arg[-1] ~= nil)
+    ]]:gsub("ARG0", "(...) and arg[0]"))
+    local r = host.run { s, "one", "two" }
+    assert.equal(0, r.code)
+    assert.equal("true\tone\ttwo\tone\ttwo\t2\ttrue\n", r.stdout)
+  end)
+
+  it("finds modules next to the script and on LUA_PATH", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir .. "/lib"))
+    local f = assert(io.open(dir .. "/helper_mod.lua", "w"))
+    f:write("return 'beside'")
+    f:close()
+    f = assert(io.open(dir .. "/lib/path_mod.lua", "w"))
+    f:write("return 'on-path'")
+    f:close()
+    f = assert(io.open(dir .. "/main.lua", "w"))
+    f:write("print(require 'helper_mod', require 'path_mod', require('vg.worker') ~= nil)")
+    f:close()
+    local env = host.env { LUA_PATH = dir .. "/lib/?.lua;;" }
+    local r = host.run({ dir .. "/main.lua" }, { env = env })
+    os.execute("rm -rf " .. dir)
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.equal("beside\ton-path\ttrue\n", r.stdout)
+  end)
+end)
+
+describe("logging", function()
+  after_each(host.cleanup)
+
+  it("writes one valid JSON object per line with the required keys", function()
+    local r = host.run({ host.script([[
+      local log = require "vg.log"
+      log.info("plain_event", { n = 1, f = 1.5, t = true, list = { 1, 2 }, obj = { a = "b" } })
+      log.warning("escapes", { s = 'quote " backslash \\ newline \n tab \t bell \7 nul \0 end',
+                               bad = "\xff\xfe ok \xc3\x28", nan = 0/0, inf = math.huge })
+      log.error("with_message", { message = "for people" })
+    ]]) }, { env = host.env { WORKER_ID = "worker-9" } })
+    assert.equal(0, r.code)
+    local lines = host.lines(r.stdout)
+    assert.equal(3, #lines)
+    for _, l in ipairs(lines) do assert.equal("worker-9", l.worker_id) end
+    assert.same({ 1, 2 }, lines[1].list)
+    assert.equal(1.5, lines[1].f)
+    assert.equal("warning", lines[2].level)
+    assert.equal('quote " backslash \\ newline \n tab \t bell \7 nul \0 end', lines[2].s)
+    assert.equal("\u{FFFD}\u{FFFD} ok \u{FFFD}(", lines[2].bad)
+    assert.equal("nan", lines[2].nan)
+    assert.equal("inf", lines[2].inf)
+    assert.equal("for people", lines[3].message)
+  end)
+
+  it("binds fields in a logger and a correlation_id across nested calls", function()
+    local r = host.run { host.script([[
+      local vg = require "vg"
+      local log = require "vg.log"
+      local lg = log.bind({ component = "test" })
+      lg:info("bound_event", { extra = 1 })
+      local function nested() log.info("nested_line") end
+      vg.spawn(function()
+        log.context({ correlation_id = 77 })
+        nested()
+        vg.spawn(function() log.info("child_line") end):join()
+      end):join()
+      log.info("after_task")
+    ]]) }
+    assert.equal(0, r.code)
+    local lines = host.lines(r.stdout)
+    local b = host.find(lines, "bound_event")
+    assert.equal("test", b.component)
+    assert.equal(1, b.extra)
+    assert.equal(77, host.find(lines, "nested_line").correlation_id)
+    assert.equal(77, host.find(lines, "child_line").correlation_id)
+    assert.is_nil(host.find(lines, "after_task").correlation_id)
+  end)
+
+  it("filters by LOG_LEVEL", function()
+    local r = host.run({ host.script([[
+      local log = require "vg.log"
+      log.debug("d"); log.info("i"); log.warning("w"); log.error("e")
+    ]]) }, { env = host.env { LOG_LEVEL = "warning" } })
+    assert.same({ "w", "e" }, host.events(host.lines(r.stdout)))
+  end)
+
+  it("prints key=value lines with LOG_FORMAT=console", function()
+    local r = host.run({ host.script([[
+      require("vg.log").info("hello_console", { answer = 42, who = "ops team" })
+    ]]) }, { env = host.env { LOG_FORMAT = "console", WORKER_ID = "w1" } })
+    assert.equal(0, r.code)
+    assert.matches("^%d%d%d%d%-%d%d%-%d%dT[%d:.]+Z info +hello_console worker_id=w1", r.stdout)
+    assert.matches("answer=42", r.stdout)
+    assert.matches('who="ops team"', r.stdout)
+  end)
+
+  it("reports invalid host settings in one configuration_invalid line", function()
+    local r = host.run({ host.script("print('ran')") },
+      { env = host.env { LOG_LEVEL = "loud", VG_SHUTDOWN_GRACE = "soon" } })
+    assert.equal(1, r.code)
+    local lines = host.lines(r.stdout)
+    assert.equal(1, #lines)
+    assert.equal("configuration_invalid", lines[1].event)
+    assert.equal("critical", lines[1].level)
+    assert.equal(2, #lines[1].errors)
+  end)
+
+  it("keeps lines whole when many tasks log at once", function()
+    local r = host.run { host.script([[
+      local vg = require "vg"
+      local log = require "vg.log"
+      local big = string.rep("x", 10000)
+      local ts = {}
+      for i = 1, 50 do
+        ts[i] = vg.spawn(function() for j = 1, 20 do log.info("burst", { i = i, j = j, big = big }); vg.sleep(0) end end)
+      end
+      for _, t in ipairs(ts) do t:join() end
+    ]]) }
+    assert.equal(0, r.code)
+    local lines = host.lines(r.stdout)
+    assert.equal(1000, #lines)
+    for _, l in ipairs(lines) do assert.equal(10000, #l.big) end
+  end)
+end)
+
+describe("vg.config.load", function()
+  after_each(host.cleanup)
+
+  it("logs all problems in one critical line and exits 1", function()
+    local r = host.run({ host.script([[
+      require("vg.config").load({ "DATABASE_URL", "FERNET_KEY" })
+      print("not reached")
+    ]]) }, { env = { DATABASE_URL = "mysql://u:pw123@x/y", FERNET_KEY = "nope",
+                    VG_CONCURRENCY = "many", PATH = os.getenv("PATH") }, clear_env = true })
+    assert.equal(1, r.code)
+    assert.is_nil(r.stdout:find("not reached", 1, true))
+    assert.is_nil(r.stdout:find("pw123", 1, true))
+    assert.is_nil(r.stdout:find("nope", 1, true))
+    local lines = host.lines(r.stdout)
+    local l = host.find(lines, "configuration_invalid")
+    assert.equal(3, #l.errors)
+    assert.equal("critical", l.level)
+  end)
+end)
