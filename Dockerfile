@@ -19,7 +19,7 @@ FROM debian:bookworm-slim AS runtime
 # grandchildren of pipeline step commands.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      liblua5.4-0 libuv1 libpq5 libssl3 lua-cjson tini ca-certificates \
+      liblua5.4-0 libuv1 libpq5 libssl3 lua-cjson lua-filesystem tini ca-certificates \
       ffmpeg espeak-ng sox jq fonts-dejavu-core \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --create-home --home-dir /app --shell /usr/sbin/nologin vg

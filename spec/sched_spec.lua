@@ -177,3 +177,38 @@ describe("log context", function()
     assert.is_nil(log.get_context().correlation_id) -- not leaked to the spec's task
   end)
 end)
+
+describe("vg.event", function()
+  it("wakes every waiting task when set", function()
+    local ev = vg.event()
+    local woke = 0
+    local ts = {}
+    for i = 1, 3 do ts[i] = vg.spawn(function() if ev:wait() then woke = woke + 1 end end) end
+    vg.sleep(0.01)
+    assert.equal(0, woke)
+    ev:set()
+    for _, t in ipairs(ts) do t:join() end
+    assert.equal(3, woke)
+  end)
+
+  it("returns at once when already set, and false on timeout once cleared", function()
+    local ev = vg.event()
+    ev:set()
+    assert.is_true(ev:wait(0.01))
+    ev:clear()
+    assert.is_false(ev:is_set())
+    assert.is_false(ev:wait(0.01))
+  end)
+
+  it("a cancelled waiter leaves the event usable", function()
+    local ev = vg.event()
+    local t = vg.spawn(function() return ev:wait() end)
+    vg.sleep(0.01)
+    t:cancel()
+    assert.is_false(pcall(t.join, t))
+    local t2 = vg.spawn(function() return ev:wait() end)
+    vg.sleep(0.01)
+    ev:set()
+    assert.is_true(t2:join())
+  end)
+end)

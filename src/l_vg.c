@@ -7,6 +7,9 @@
  *   vg.spawn(fn, ...)   -> task with :join([timeout]), :cancel(), :done(),
  *                          :status(), :id()
  *   vg.current_task()   -> the running task
+ *   vg.event()          -> ev with :set(), :clear(), :is_set(),
+ *                          :wait([timeout]) (true when set, false on
+ *                          timeout or shutdown)
  *   vg.shutdown_requested(), vg.on_shutdown(fn)
  *   vg.worker_id(), vg.instance(), vg.version
  *   vg.is_cancelled(err)
@@ -62,6 +65,7 @@ static const luaL_Reg vg_funcs[] = {
     {"time", l_vg_time},
     {"spawn", vg_sched_l_spawn},
     {"current_task", vg_sched_l_current},
+    {"event", vg_sched_l_event},
     {"shutdown_requested", l_vg_shutdown_requested},
     {"on_shutdown", vg_sched_l_on_shutdown},
     {"worker_id", l_vg_worker_id},

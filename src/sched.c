@@ -41,9 +41,9 @@ struct vg_task {
     /* Links. */
     vg_task_t *next_ready;
     vg_task_t *prev, *next;     /* live tasks */
-    vg_task_t *joiners;         /* tasks waiting in join() on this one */
-    vg_task_t *join_next;       /* link in the target's joiners list */
-    vg_task_t *join_target;
+    vg_task_t *joiners;         /* wait list: tasks in join() on this one */
+    vg_task_t *wl_next;         /* link in the wait list this task is on */
+    vg_task_t **wl_head;        /* that list, NULL when on none */
     char *log_context;          /* pre-encoded fragment, see vg_log_set_context */
 };
 
@@ -247,16 +247,40 @@ static const char *safe_tostring(lua_State *L, int idx)
     return lua_tostring(L, -1);
 }
 
-static void wake_joiners(vg_task_t *t)
+/* ---- wait lists (join, events) -------------------------------------- */
+
+static void waitlist_add(vg_task_t **head, vg_task_t *t)
 {
-    vg_task_t *j = t->joiners;
-    t->joiners = NULL;
-    while (j) {
-        vg_task_t *next = j->join_next;
-        j->join_next = NULL;
-        j->join_target = NULL;
-        vg_task_wake(j);
-        j = next;
+    t->wl_head = head;
+    t->wl_next = *head;
+    *head = t;
+}
+
+/* The cleanup of a wait on a list: take the task off it. */
+static void waitlist_remove(void *op)
+{
+    vg_task_t *t = op;
+    if (!t->wl_head) return;
+    for (vg_task_t **p = t->wl_head; *p; p = &(*p)->wl_next) {
+        if (*p == t) {
+            *p = t->wl_next;
+            break;
+        }
+    }
+    t->wl_next = NULL;
+    t->wl_head = NULL;
+}
+
+static void waitlist_wake_all(vg_task_t **head)
+{
+    vg_task_t *t = *head;
+    *head = NULL;
+    while (t) {
+        vg_task_t *next = t->wl_next;
+        t->wl_next = NULL;
+        t->wl_head = NULL;
+        vg_task_wake(t);
+        t = next;
     }
 }
 
@@ -290,6 +314,8 @@ static void task_finish(vg_task_t *t, bool ok, int nres)
         const char *tb = lua_tostring(L, -1);
         if (cancelled) {
             vg_log(VG_LOG_DEBUG, "task_cancelled", VG_F_INT("task", t->id), VG_F_END);
+        } else if (t->is_main && vg_err_is(L, errv, "configuration_invalid")) {
+            /* already reported in its own critical line */
         } else if (t->is_main) {
             vg_log(VG_LOG_CRITICAL, "script_error", VG_F_STR("error", msg),
                    VG_F_STR("traceback", tb), VG_F_END);
@@ -312,7 +338,7 @@ static void task_finish(vg_task_t *t, bool ok, int nres)
     lua_settop(L, top);
 
     live_unlink(t);
-    wake_joiners(t);
+    waitlist_wake_all(&t->joiners);
     uv_close((uv_handle_t *)&t->timer, on_task_timer_closed);
 
     if (t->is_main) {
@@ -546,21 +572,6 @@ static vg_task_t *check_task(lua_State *L, int idx)
     return luaL_checkudata(L, idx, TASK_MT);
 }
 
-static void unlink_joiner(void *op)
-{
-    vg_task_t *j = op;
-    vg_task_t *target = j->join_target;
-    if (!target) return;
-    for (vg_task_t **p = &target->joiners; *p; p = &(*p)->join_next) {
-        if (*p == j) {
-            *p = j->join_next;
-            break;
-        }
-    }
-    j->join_next = NULL;
-    j->join_target = NULL;
-}
-
 /* Results of a finished task: its return values, or its error re-raised. */
 static int push_results(lua_State *L, int idx)
 {
@@ -602,10 +613,8 @@ static int l_task_join(lua_State *L)
     if (target->state == T_DONE) return push_results(L, 1);
     vg_task_t *self = vg_task_current(L);
     if (self == target) return luaL_error(L, "a task cannot join itself");
-    self->join_target = target;
-    self->join_next = target->joiners;
-    target->joiners = self;
-    vg_task_wait(self, 0, timeout, unlink_joiner, self);
+    waitlist_add(&target->joiners, self);
+    vg_task_wait(self, 0, timeout, waitlist_remove, self);
     vg_task_wait_label(self, "join");
     return vg_task_yield(L, 0, join_k);
 }
@@ -654,6 +663,81 @@ static const luaL_Reg task_methods[] = {
     {"join", l_task_join},     {"cancel", l_task_cancel}, {"done", l_task_done},
     {"status", l_task_status}, {"id", l_task_id},         {NULL, NULL},
 };
+
+/* ---- events ----------------------------------------------------------- */
+
+#define EVENT_MT "vg.Event"
+
+typedef struct {
+    bool set;
+    vg_task_t *waiters;
+} event_t;
+
+static int l_event_set(lua_State *L)
+{
+    event_t *e = luaL_checkudata(L, 1, EVENT_MT);
+    e->set = true;
+    waitlist_wake_all(&e->waiters);
+    return 0;
+}
+
+static int l_event_clear(lua_State *L)
+{
+    ((event_t *)luaL_checkudata(L, 1, EVENT_MT))->set = false;
+    return 0;
+}
+
+static int l_event_is_set(lua_State *L)
+{
+    lua_pushboolean(L, ((event_t *)luaL_checkudata(L, 1, EVENT_MT))->set);
+    return 1;
+}
+
+static int event_wait_k(lua_State *L, int status, lua_KContext ctx)
+{
+    vg_task_woken(L);
+    lua_pushboolean(L, ((event_t *)lua_touserdata(L, 1))->set);
+    return 1;
+}
+
+/* ev:wait([timeout [, {interruptible=false}]]) -> true when the event is
+ * set, false on timeout or shutdown. */
+static int l_event_wait(lua_State *L)
+{
+    event_t *e = luaL_checkudata(L, 1, EVENT_MT);
+    double timeout = luaL_optnumber(L, 2, -1);
+    unsigned flags = VG_WAIT_INTERRUPTIBLE;
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "interruptible");
+        if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) flags = 0;
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 1);
+    if (e->set) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    vg_task_t *t = vg_task_current(L);
+    waitlist_add(&e->waiters, t);
+    vg_task_wait(t, flags, timeout, waitlist_remove, t);
+    vg_task_wait_label(t, "event");
+    return vg_task_yield(L, 0, event_wait_k);
+}
+
+static const luaL_Reg event_methods[] = {
+    {"set", l_event_set}, {"clear", l_event_clear}, {"is_set", l_event_is_set},
+    {"wait", l_event_wait}, {NULL, NULL},
+};
+
+/* vg.event() -> an event tasks can wait on until another task sets it. */
+int vg_sched_l_event(lua_State *L)
+{
+    event_t *e = lua_newuserdatauv(L, sizeof *e, 0);
+    e->set = false;
+    e->waiters = NULL;
+    luaL_setmetatable(L, EVENT_MT);
+    return 1;
+}
 
 /* ---- sleep ------------------------------------------------------------ */
 
@@ -728,6 +812,11 @@ void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds)
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, l_task_tostring);
         lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, EVENT_MT)) {
+        luaL_newlib(L, event_methods);
+        lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
 }

@@ -29,5 +29,6 @@ int vg_sched_l_sleep(lua_State *L);
 int vg_sched_l_spawn(lua_State *L);
 int vg_sched_l_on_shutdown(lua_State *L);
 int vg_sched_l_current(lua_State *L);
+int vg_sched_l_event(lua_State *L);
 
 #endif
