@@ -1,0 +1,285 @@
+-- docs/claim.sql: the proposed queue queries for lua/vg/queue.lua
+-- (documentation only; nothing runs this file). Schema: sql/001_init.sql.
+-- Parameters are $n placeholders as vg.db passes them. Every statement is
+-- meant to run on its own, in autocommit (one short transaction each): claim
+-- and commit, process with no connection held, record and commit.
+--
+-- Contents
+--   1. claim          one task (or up to N), priority, channel round-robin
+--   2. next_due       when the next delayed task becomes claimable
+--   3. fenced writes  start, renew, checkpoint, finish, retry, release
+--   4. rescue         expired leases back to retry (or failed)
+--   5. dead_instance  shorten the leases of a worker process that is gone
+--   6. measurements   plans and timings with 100,000 finished + 10,000 due
+--
+-- ---------------------------------------------------------------- 1. claim
+--
+-- Claimable: status pending, retry or approved, and run_at <= now().
+-- Order: priority first; within a priority, the channel served least
+-- recently first (channels.last_claimed_at, NULL = never served = first),
+-- so a channel with a long backlog cannot delay another channel's first
+-- task; within a channel, oldest first by (run_at, id): the task that has
+-- been due longest (for a new task run_at = its creation time, for a retry
+-- the end of its back-off).
+--
+-- How it stays fast and correct under concurrency:
+--
+-- * "due" lists the (channel, priority) pairs that have a due task: three
+--   EXISTS probes per channel into the partial index tasks_claimable_idx
+--   (channel_id, priority_rank, run_at, id) WHERE claimable. Each probe is
+--   one index descent, whatever the number of finished tasks (they are not
+--   in that index) and of queued tasks (it stops at the first). Cost grows
+--   with the number of channels (3 probes each), not with the queue.
+-- * "picked" walks those pairs in order and takes, for each, the oldest due
+--   task that nobody has locked (FOR UPDATE SKIP LOCKED inside the LATERAL,
+--   LIMIT 1), stopping after $4 tasks. The nested loop only runs the
+--   LATERAL for pairs it needs, so only the rows returned are locked.
+--   A pair whose due tasks are all locked by concurrent claimers is skipped
+--   (with its whole priority level kept ahead of lower ones), so an empty
+--   result really means nothing claimable was unlocked.
+-- * "due" is MATERIALIZED and "picked" has no ORDER BY of its own on
+--   purpose: a sort above the LATERAL would run it for every pair first and
+--   lock one task per pair. The materialized CTE is read back in the order
+--   it was written, and the nested loop keeps that order.
+-- * The round-robin pointer is updated in the same statement, but with
+--   SKIP LOCKED: if a concurrent claim is updating the same channel row, it
+--   sets last_claimed_at to the same instant anyway, so we skip rather than
+--   wait for its commit. Claims therefore never wait for each other.
+--   FOR NO KEY UPDATE (not FOR UPDATE) so it does not conflict with the
+--   FOR KEY SHARE lock that enqueuers' foreign-key checks take: enqueueing
+--   into a channel never blocks or is blocked by claiming from it.
+-- * attempts: every claim counts as an attempt, except that claiming an
+--   approved task (resuming after a review gate) starts a new budget at 1,
+--   so a pipeline with several review gates is not failed for having
+--   passed them. Rescue and retry compare attempts with max_attempts.
+-- * lease_token + 1: the fencing token; the worker keeps the returned
+--   value for every later write (section 3).
+-- * With $4 > 1 the claim takes at most one task per (channel, priority)
+--   pair per call; call again while it returns rows and slots are free.
+--   That keeps even a batch claim fair.
+-- * Inactive channels: the contract (DESIGN 7) does not exclude them, so
+--   neither does this query. To pause a channel with is_active = false,
+--   add "AND c.is_active" to "due".
+--
+-- $1 worker_id, $2 instance ("host:pid"), $3 lease seconds, $4 max tasks.
+
+WITH due AS MATERIALIZED (
+    SELECT c.id AS channel_id, r.rank
+      FROM channels c
+     CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS r (rank)
+     CROSS JOIN LATERAL (
+           SELECT 1
+             FROM tasks t
+            WHERE t.channel_id = c.id
+              AND t.priority_rank = r.rank
+              AND t.status IN ('pending', 'retry', 'approved')
+              AND t.run_at <= now()
+            LIMIT 1) AS has_due
+     ORDER BY r.rank, c.last_claimed_at NULLS FIRST, c.id
+),
+picked AS (
+    SELECT p.id
+      FROM due
+     CROSS JOIN LATERAL (
+           SELECT t.id
+             FROM tasks t
+            WHERE t.channel_id = due.channel_id
+              AND t.priority_rank = due.rank
+              AND t.status IN ('pending', 'retry', 'approved')
+              AND t.run_at <= now()
+            ORDER BY t.run_at, t.id
+            LIMIT 1
+              FOR UPDATE SKIP LOCKED) p
+     LIMIT $4
+),
+claimed AS (
+    UPDATE tasks t
+       SET status           = 'claimed',
+           claimed_by       = $1,
+           claimed_instance = $2,
+           claimed_at       = now(),
+           lease_expires_at = now() + make_interval(secs => $3),
+           attempts         = CASE WHEN t.status = 'approved' THEN 1
+                                   ELSE t.attempts + 1 END,
+           lease_token      = t.lease_token + 1
+      FROM picked
+     WHERE t.id = picked.id
+ RETURNING t.*
+),
+touched AS (
+    UPDATE channels c
+       SET last_claimed_at = now()
+     WHERE c.id IN (SELECT l.id
+                      FROM channels l
+                     WHERE l.id IN (SELECT claimed.channel_id FROM claimed)
+                       FOR NO KEY UPDATE SKIP LOCKED)
+)
+SELECT * FROM claimed;
+
+-- ---------------------------------------------------------------- 2. next_due
+--
+-- After a claim returns nothing: how long until the next delayed task is
+-- due (NULL = queue empty). Sleep until then, or until a vg_tasks
+-- notification, or VG_POLL_INTERVAL, whichever comes first. Computed by
+-- the server so worker clocks do not matter. Index: tasks_claimable_run_at_idx.
+
+SELECT extract(epoch FROM min(run_at) - now()) AS seconds
+  FROM tasks
+ WHERE status IN ('pending', 'retry', 'approved');
+
+-- The notification payload is the earliest run_at (epoch seconds) of the
+-- tasks that just became claimable; it is only a hint. On any notification:
+-- claim; if nothing was claimable, run next_due again.
+
+-- ---------------------------------------------------------------- 3. fenced writes
+--
+-- Every write by the worker holding a claim names the task AND the
+-- lease_token its claim returned, and requires a held state. 0 rows
+-- affected = the lease was lost (rescued, released, claimed by another
+-- worker): stop the task, write nothing more, do not count it.
+
+-- 3a. start processing (and record the current step)
+UPDATE tasks
+   SET status = 'processing', current_step = $3
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing');
+
+-- 3b. renew the lease, every VG_LEASE_SECONDS/3 or so. Returning the new
+-- expiry lets the worker notice a lease it could not renew in time.
+UPDATE tasks
+   SET lease_expires_at = now() + make_interval(secs => $3)
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
+RETURNING lease_expires_at;
+
+-- 3c. checkpoint a finished step: one statement, so the step row is written
+-- only if the fence holds ($3 step, $4 attempt, $5 output json,
+-- $6 started_at).
+WITH fence AS (
+    UPDATE tasks
+       SET current_step = $3
+     WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
+ RETURNING id
+)
+INSERT INTO task_steps AS s (task_id, step, status, attempt, started_at, finished_at, output)
+SELECT fence.id, $3, 'completed', $4, $6, now(), $5 FROM fence
+    ON CONFLICT (task_id, step) DO UPDATE
+   SET status = 'completed', attempt = EXCLUDED.attempt,
+       started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+       output = EXCLUDED.output
+RETURNING s.task_id;
+
+-- Resume point of a retried or rescued task: the steps already completed.
+SELECT step FROM task_steps WHERE task_id = $1 AND status = 'completed';
+
+-- 3d. finish: completed ($3 result json), or stop at a review gate
+-- (status 'awaiting_review' instead). completed_at is set by the trigger.
+UPDATE tasks
+   SET status = 'completed', result = $3, last_error = NULL,
+       current_step = NULL, lease_expires_at = NULL
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing');
+
+-- 3e. failure. $3 error text, $4 retriable (boolean), $5 base back-off
+-- seconds, $6 cap seconds. Retriable and attempts left: retry at
+-- now() + min(cap, base * 2^(attempts-1)) scaled by a random factor in
+-- [0.5, 1) (jitter spreads a burst of failures). Otherwise failed.
+UPDATE tasks
+   SET status = CASE WHEN $4 AND attempts < max_attempts THEN 'retry'
+                     ELSE 'failed' END,
+       run_at = CASE WHEN $4 AND attempts < max_attempts
+                     THEN now() + make_interval(secs =>
+                              least($6::float8, $5::float8 * 2 ^ (attempts - 1))
+                              * (0.5 + random() / 2))
+                     ELSE run_at END,
+       last_error = $3, lease_expires_at = NULL
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
+RETURNING status, run_at;
+
+-- 3f. release at the end of the shutdown grace: back to the queue at once,
+-- the attempt not counted; lease_token + 1 fences any write still in
+-- flight from this process.
+UPDATE tasks
+   SET status = 'retry', run_at = now(), attempts = greatest(attempts - 1, 0),
+       lease_expires_at = NULL, lease_token = lease_token + 1
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing');
+
+-- ---------------------------------------------------------------- 4. rescue
+--
+-- Any worker, every second or two (cheap: it reads only the tasks held
+-- right now, through the partial index tasks_held_idx). Tasks whose lease expired go back to retry, due
+-- at once, or to failed when their attempts are used up (the lost attempt
+-- was counted by its claim). lease_token + 1 rejects the old holder's
+-- writes even before the task is claimed again. SKIP LOCKED: rescuers never
+-- wait for each other or for a worker's renewal. The UPDATE fires the
+-- vg_tasks notification, so idle workers pick the tasks up immediately.
+-- claimed_by/claimed_instance/claimed_at are kept: they say who lost it.
+
+WITH expired AS (
+    SELECT id
+      FROM tasks
+     WHERE status IN ('claimed', 'processing')
+       AND lease_expires_at < now()
+     ORDER BY lease_expires_at
+     LIMIT 100
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+   SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed'
+                     ELSE 'retry' END,
+       run_at = now(),
+       last_error = format('lease expired at %s (worker %s, instance %s)',
+                           t.lease_expires_at, t.claimed_by, t.claimed_instance),
+       lease_expires_at = NULL,
+       lease_token = t.lease_token + 1
+  FROM expired
+ WHERE t.id = expired.id
+RETURNING t.id, t.status, t.attempts, t.claimed_by, t.claimed_instance;
+
+-- ---------------------------------------------------------------- 5. dead_instance
+--
+-- Issue 4 wants the task of a SIGKILLed worker running elsewhere within
+-- 5 s, while the lease (60 s) must keep covering a worker that is alive but
+-- cut off. A session-level advisory lock ends the moment its session does:
+--
+-- * At start, before its first claim, and again after every reconnect, a
+--   worker takes on its dedicated (LISTEN) connection, which lives as long
+--   as the process:
+--       SELECT pg_advisory_lock(hashtextextended($instance, 0));
+--   (the one-bigint key space; migrate.lua should use the two-int4 form,
+--   pg_advisory_lock(int4, int4), whose keys never collide with these).
+-- * Right after re-taking it on a reconnect, the worker renews (3b) the
+--   lease of every task it still runs; a 0-row renewal means that task was
+--   rescued meanwhile: stop it.
+-- * Any worker, together with the rescue: if an instance holding tasks no
+--   longer holds its lock (pg_try_advisory_xact_lock succeeds; that lock is
+--   released again at our commit), its process or at least its session is
+--   gone, so its leases are cut to 2 s from now. The rescue (4) then takes
+--   the tasks once that passes, unless the owner, having only lost its
+--   connection, reconnected and renewed them first (its renewal restores
+--   the full lease, the lease_token is unchanged).
+-- * Not during the first 15 s after a server (re)start: every worker's
+--   session, and so its lock, was lost at once; give them time to come back
+--   rather than cutting every lease in the system.
+
+WITH inst AS (
+    SELECT DISTINCT claimed_instance AS instance
+      FROM tasks
+     WHERE status IN ('claimed', 'processing')
+       AND lease_expires_at > now() + interval '2 seconds'
+       AND claimed_instance IS NOT NULL
+       AND pg_postmaster_start_time() < now() - interval '15 seconds'
+),
+gone AS MATERIALIZED (
+    SELECT instance
+      FROM inst
+     WHERE pg_try_advisory_xact_lock(hashtextextended(instance, 0))
+)
+UPDATE tasks t
+   SET lease_expires_at = now() + interval '2 seconds'
+  FROM gone
+ WHERE t.claimed_instance = gone.instance
+   AND t.status IN ('claimed', 'processing')
+   AND t.lease_expires_at > now() + interval '2 seconds'
+RETURNING t.id, t.claimed_instance;
+
+-- ---------------------------------------------------------------- 6. measurements
+--
+-- (filled in below)
