@@ -1,11 +1,30 @@
 -- vg-host lua/worker.lua: one worker process. Start more of them against the
--- same database to add capacity.
-local worker = require "vg.worker"
+-- same database to add capacity; they share the queue through PostgreSQL
+-- and never talk to each other.
 local vg = require "vg"
+local db = require "vg.db"
+local log = require "vg.log"
+local worker = require "vg.worker"
+local consumer = require "vg.consumer"
+
+local c
 
 worker.run {
-  -- Until the queue is wired in, an iteration just waits for work.
-  body = function(state)
-    vg.sleep(state.config.VG_POLL_INTERVAL)
+  required = { "DATABASE_URL", "FERNET_KEY" },
+  start = function(state)
+    local ok, err = pcall(db.wait_ready)
+    if not ok then
+      if vg.is_cancelled(err) then error(err, 0) end
+      log.critical("database_unreachable", { error = tostring(err) })
+      os.exit(1)
+    end
+    c = consumer.new(state.config)
+    c:start()
+  end,
+  body = function() c:step() end,
+  heartbeat = function(_, fields) if c then c:heartbeat(fields) end end,
+  stop = function()
+    if c then c:stop() end
+    db.close()
   end,
 }

@@ -51,6 +51,8 @@ static var_t vars[] = {
     VAR("VG_POLL_INTERVAL", K_SECONDS, "5", 0.01, 86400),
     VAR("VG_LEASE_SECONDS", K_SECONDS, "60", 1, 86400),
     VAR("VG_MAX_ATTEMPTS", K_INT, "3", 1, 1000),
+    VAR("VG_RETRY_BASE", K_SECONDS, "10", 0, 86400),
+    VAR("VG_RETRY_MAX", K_SECONDS, "600", 0, 604800),
     VAR("VG_BATCH", K_BOOL, "off", 0, 1),
     VAR("VG_PIPELINES", K_STR, "pipelines", 0, 0),
     VAR("VG_WORKSPACE", K_STR, "./workspace", 0, 0),

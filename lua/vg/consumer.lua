@@ -1,0 +1,250 @@
+-- The queue side of a worker: the loop body that claims tasks and runs each
+-- in its own Lua task (up to VG_CONCURRENCY at once), the lease keeper, the
+-- rescue of orphaned work, and the release of unfinished tasks at the end
+-- of the shutdown grace.
+--
+-- Waiting for work costs nothing: the dispatcher sleeps on the LISTEN
+-- connection until a vg_tasks notification, the next delayed task's run_at,
+-- or the poll interval (a safety net), whichever comes first.
+local vg = require "vg"
+local db = require "vg.db"
+local log = require "vg.log"
+local queue = require "vg.queue"
+local pipeline = require "vg.pipeline"
+
+local M = {}
+
+M.RESCUE_INTERVAL = 2 -- seconds between rescue checks while work is in flight
+
+local Consumer = {}
+Consumer.__index = Consumer
+
+-- cfg: the values of config.load; opts: { pipelines = table (else loaded
+-- from VG_PIPELINES), context = fn(ctx, task, step) for pipeline steps }
+function M.new(cfg, opts)
+  opts = opts or {}
+  local c = setmetatable({}, Consumer)
+  c.cfg = cfg
+  c.concurrency = cfg.VG_CONCURRENCY or 1
+  c.batch = cfg.VG_BATCH and true or false
+  c.poll_interval = cfg.VG_POLL_INTERVAL or 5
+  c.lease_seconds = cfg.VG_LEASE_SECONDS or 60
+  c.queue = queue.new {
+    worker_id = cfg.worker_id, instance = cfg.instance, lease_seconds = c.lease_seconds,
+    retry_base = opts.retry_base or cfg.VG_RETRY_BASE, retry_max = opts.retry_max or cfg.VG_RETRY_MAX,
+  }
+  c.pipelines = opts.pipelines or pipeline.load(cfg.VG_PIPELINES or "pipelines")
+  c.env = {
+    queue = c.queue,
+    gates = opts.gates or function() return cfg.VG_REVIEW_GATES ~= false end,
+    context = opts.context,
+    after_step = opts.after_step,
+  }
+  c.running = {}          -- task id -> { task = row, handle = vg task }
+  c.n_running = 0
+  c.slot_free = vg.event()
+  c.stats = { done = 0, failed = 0, retried = 0, released = 0, lost = 0 }
+  c.claim_now = true      -- try a claim before the first wait
+  c.next_rescue = 0
+  c.in_flight_seen = 0
+  return c
+end
+
+-- Before the loop: LISTEN, the liveness lock, the workers row.
+function Consumer:start()
+  db.listen("vg_tasks", {
+    -- Held by the listen connection's session for the life of the process:
+    -- when this process dies its session ends and the lock is released,
+    -- which is how other workers know its tasks are orphaned.
+    on_connect = { queue.LIVENESS_LOCK_SQL, self.cfg.instance },
+  })
+  self.queue:register("running", self:counts(), vg.version)
+  self.keeper = vg.spawn(self.keep_leases, self)
+end
+
+function Consumer:counts()
+  return { done = self.stats.done, failed = self.stats.failed, in_flight = self.n_running }
+end
+
+-- Heartbeat: the workers row and the fields of the heartbeat line.
+function Consumer:heartbeat(fields)
+  fields.tasks_done = self.stats.done
+  fields.tasks_failed = self.stats.failed
+  fields.tasks_retried = self.stats.retried
+  fields.in_flight = self.n_running
+  self.queue:register(vg.shutdown_requested() and "draining" or "running", self:counts(), vg.version)
+end
+
+-- Renew the leases of the running tasks every third of the lease; a task
+-- whose lease could not be renewed (rescued, released elsewhere) is
+-- cancelled: its step command is terminated and it writes nothing more.
+function Consumer:keep_leases()
+  local every = self.lease_seconds / 3
+  while not (vg.shutdown_requested() and self.n_running == 0) do
+    vg.sleep(every, { interruptible = false })
+    local list = {}
+    for _, r in pairs(self.running) do list[#list + 1] = r.task end
+    if #list > 0 then
+      local ok, still = pcall(self.queue.renew, self.queue, list)
+      if not ok then
+        if vg.is_cancelled(still) then error(still, 0) end
+        log.warning("lease_renewal_failed", { error = tostring(still), tasks = #list })
+      else
+        for _, t in ipairs(list) do
+          local r = self.running[t.id]
+          if r and not still[t.id] then
+            r.lease_lost = true
+            log.warning("task_lease_lost", { task_id = t.id })
+            r.handle:cancel()
+          end
+        end
+      end
+    end
+  end
+end
+
+local function err_text(e)
+  if type(e) == "table" and e.message then return tostring(e.code or "error") .. ": " .. tostring(e.message) end
+  return tostring(e)
+end
+
+local function traceback(e)
+  if vg.is_cancelled(e) or e == pipeline.LEASE_LOST then return e end
+  return { err = e, traceback = debug.traceback(err_text(e), 2) }
+end
+
+-- Run one claimed task in the current Lua task.
+function Consumer:run_task(task)
+  log.context({ correlation_id = task.id })
+  log.info("task_claimed", { channel_id = task.channel_id, pipeline = task.pipeline,
+                             attempt = task.attempts, priority = task.priority })
+  local pipe = self.pipelines[task.pipeline]
+  local ok, e
+  if not pipe then
+    ok, e = false, { err = pipeline.fatal(string.format("unknown pipeline %q", tostring(task.pipeline))) }
+  else
+    ok, e = xpcall(pipeline.execute, traceback, self.env, pipe, task)
+  end
+  if ok then
+    if e == "completed" then
+      self.stats.done = self.stats.done + 1
+      log.info("task_completed", { attempt = task.attempts })
+    end
+    return
+  end
+  if e == pipeline.LEASE_LOST or (vg.is_cancelled(e) and self.running[task.id].lease_lost) then
+    self.stats.lost = self.stats.lost + 1
+    log.warning("task_abandoned", { reason = "lease lost" })
+    return
+  end
+  if vg.is_cancelled(e) then
+    -- The shutdown grace ended: give the task back, attempt not counted.
+    local rok, released = pcall(self.queue.release, self.queue, task)
+    self.stats.released = self.stats.released + 1
+    log.warning("task_released", { released = rok and released or false,
+                                   error = (not rok) and tostring(released) or nil })
+    error(e, 0)
+  end
+  local err = e.err
+  local retriable = not (type(err) == "table" and err.retriable == false)
+  local status, run_at = self.queue:fail(task, err_text(err), retriable)
+  if status == "retry" then
+    self.stats.retried = self.stats.retried + 1
+    log.warning("task_retry", { error = err_text(err), attempt = task.attempts,
+                                run_at = run_at, traceback = e.traceback })
+  elseif status == "failed" then
+    self.stats.failed = self.stats.failed + 1
+    log.error("task_failed", { error = err_text(err), attempt = task.attempts,
+                               retriable = retriable, traceback = e.traceback })
+  else
+    log.warning("task_abandoned", { reason = "lease lost", error = err_text(err) })
+  end
+end
+
+function Consumer:spawn_runner(task)
+  local entry = { task = task }
+  self.running[task.id] = entry
+  self.n_running = self.n_running + 1
+  entry.handle = vg.spawn(function()
+    local ok, err = pcall(self.run_task, self, task)
+    self.running[task.id] = nil
+    self.n_running = self.n_running - 1
+    self.slot_free:set()
+    if not ok then
+      if vg.is_cancelled(err) then return end
+      -- A database error while recording the outcome: the lease will
+      -- expire and another worker (or this one) runs the task again.
+      log.error("task_outcome_not_recorded", { task_id = task.id, error = err_text(err) })
+    end
+  end)
+end
+
+-- Run the rescue statement when it is due: every RESCUE_INTERVAL while
+-- tasks are in flight anywhere, else every poll interval.
+function Consumer:maybe_rescue()
+  local now = vg.now()
+  if now < self.next_rescue then return end
+  local in_flight, rescued = self.queue:rescue()
+  self.in_flight_seen = in_flight
+  self.next_rescue = now + (in_flight > 0 and M.RESCUE_INTERVAL or self.poll_interval)
+  if #rescued > 0 then self.claim_now = true end
+end
+
+-- Wait until there may be work: a notification, the next due task, a
+-- rescue check, or the poll interval.
+function Consumer:wait_for_work()
+  local timeout = self.poll_interval
+  local due = self.queue:next_due()
+  if due and due <= 0 then
+    -- Due tasks exist but were locked by other claimers: look again soon.
+    timeout = 0.05
+  elseif due then
+    timeout = math.min(timeout, due)
+  end
+  local until_rescue = self.next_rescue - vg.now()
+  timeout = math.max(0, math.min(timeout, until_rescue))
+  local note = db.wait_notification(timeout)
+  if note then
+    self.claim_now = true
+    -- Drain notifications that arrived together; one claim serves them.
+    while db.wait_notification(0) do end
+  elseif due and due <= timeout + 0.001 then
+    self.claim_now = true
+  end
+end
+
+-- One iteration of the worker loop.
+function Consumer:step()
+  if self.n_running >= self.concurrency then
+    self.slot_free:clear()
+    if self.n_running >= self.concurrency then self.slot_free:wait() end
+    return
+  end
+  self:maybe_rescue()
+  if vg.shutdown_requested() then return end
+  if self.claim_now then
+    local free = self.concurrency - self.n_running
+    local tasks = self.queue:claim(self.batch and free or 1)
+    for _, t in ipairs(tasks) do self:spawn_runner(t) end
+    if #tasks > 0 then return end
+    self.claim_now = false
+  end
+  self:wait_for_work()
+end
+
+-- After shutdown: wait for the runners (the host cancels them when the
+-- grace ends; they release their tasks), then mark the worker stopped.
+function Consumer:stop()
+  while self.n_running > 0 do
+    self.slot_free:clear()
+    if self.n_running > 0 then self.slot_free:wait(nil, { interruptible = false }) end
+  end
+  if self.keeper then
+    self.keeper:cancel()
+    pcall(self.keeper.join, self.keeper)
+  end
+  local ok, err = pcall(self.queue.register, self.queue, "stopped", self:counts(), vg.version)
+  if not ok then log.warning("worker_row_not_updated", { error = tostring(err) }) end
+end
+
+return M

@@ -1,0 +1,118 @@
+-- Runs one claimed task through its pipeline (DESIGN section 7).
+--
+-- A pipelines module (VG_PIPELINES, default "pipelines") returns
+--   { name = { steps = { {name=..., run=function(ctx) ... end, review=bool}, ... },
+--              validate = function(payload) ... end (optional) }, ... }
+-- Each finished step is checkpointed in task_steps (with the table its run
+-- returned), so a retried, rescued or released task resumes at the first
+-- unfinished step and paid steps are not redone. A step with review = true
+-- ends at a review gate (awaiting_review) unless gates are off for the
+-- channel or globally; approval resumes at the next step.
+--
+-- Errors: a step raises; an error object with retriable = false fails the
+-- task at once, anything else is retried with back-off until max_attempts.
+local vg = require "vg"
+local log = require "vg.log"
+local db = require "vg.db"
+
+local M = {}
+
+-- Error raised when a fenced write matched no row: the lease was lost,
+-- nothing more may be written for this task.
+M.LEASE_LOST = setmetatable({ code = "lease_lost", message = "the task's lease was lost",
+                              retriable = false },
+                            { __tostring = function() return "lease_lost: the task's lease was lost" end })
+
+-- A non-retriable error for pipelines and steps to raise.
+function M.fatal(message, fields)
+  local e = { code = "step_failed", message = message, retriable = false }
+  for k, v in pairs(fields or {}) do e[k] = v end
+  return setmetatable(e, { __tostring = function(x) return x.code .. ": " .. x.message end })
+end
+
+-- A retriable error.
+function M.transient(message, fields)
+  local e = M.fatal(message, fields)
+  e.retriable = true
+  e.code = "step_transient"
+  return e
+end
+
+local function fenced(ok)
+  if not ok then error(M.LEASE_LOST, 0) end
+end
+
+-- Load and check the pipelines module once.
+function M.load(modname)
+  local ok, mod = pcall(require, modname)
+  if not ok then
+    error(string.format("cannot load the pipelines module %q (VG_PIPELINES): %s", modname,
+                        tostring(mod)), 0)
+  end
+  if type(mod) ~= "table" then
+    error(string.format("pipelines module %q must return a table", modname), 0)
+  end
+  for name, p in pairs(mod) do
+    if type(p) ~= "table" or type(p.steps) ~= "table" then
+      error(string.format("pipeline %q needs a steps list", tostring(name)), 0)
+    end
+    for i, s in ipairs(p.steps) do
+      if type(s.name) ~= "string" or type(s.run) ~= "function" then
+        error(string.format("pipeline %q step %d needs a name and a run function", name, i), 0)
+      end
+    end
+  end
+  return mod
+end
+
+-- Run task (a claimed row) through pipe. env: { queue, gates (bool),
+-- context = function(task, step) -> extra ctx fields }.
+-- Returns "completed" or "awaiting_review"; raises on failure.
+function M.execute(env, pipe, task)
+  local q = env.queue
+  if type(task.payload) ~= "table" then
+    error(M.fatal("payload must be a JSON object, got " .. type(task.payload)), 0)
+  end
+  if pipe.validate then
+    local ok, why = pcall(pipe.validate, task.payload)
+    if not ok then
+      if vg.is_cancelled(why) then error(why, 0) end
+      error(M.fatal("invalid payload: " .. tostring(type(why) == "table" and why.message or why)), 0)
+    end
+  end
+  local steps = pipe.steps
+  -- Steps a previous attempt (or the part before a review gate) finished.
+  local done = #steps > 0 and q:completed_steps(task) or {}
+  if #steps > 0 then fenced(q:start(task, steps[1].name)) end
+  local outputs = {}
+  for i, step in ipairs(steps) do
+    if done[step.name] then
+      outputs[step.name] = done[step.name]
+    else
+      local ctx = {
+        task = task, payload = task.payload, step = step.name, index = i,
+        outputs = outputs, log = log.bind({ step = step.name }),
+      }
+      if env.context then env.context(ctx, task, step) end
+      local started = vg.time()
+      log.info("step_started", { step = step.name, attempt = task.attempts })
+      local out = step.run(ctx)
+      if out ~= nil and type(out) ~= "table" then out = { value = out } end
+      outputs[step.name] = out or {}
+      fenced(q:checkpoint(task, step.name, task.attempts, out or {}, started))
+      log.info("step_completed", { step = step.name,
+                                   duration_ms = math.floor((vg.time() - started) * 1000) })
+      if env.after_step then env.after_step(ctx, out) end
+      if step.review and env.gates and env.gates(task) and i < #steps then
+        fenced(q:await_review(task, step.name, db.null))
+        log.info("task_awaiting_review", { step = step.name })
+        return "awaiting_review"
+      end
+    end
+  end
+  local result = pipe.result and pipe.result(outputs, task) or { steps = #steps }
+  fenced(q:complete(task, result))
+  return "completed"
+end
+
+return M

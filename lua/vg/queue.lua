@@ -1,0 +1,290 @@
+-- The task queue in PostgreSQL (DESIGN sections 6 and 7): claiming with
+-- FOR UPDATE SKIP LOCKED, priorities, round-robin across channels, leases
+-- with fencing tokens, rescue of expired or orphaned leases, retries with
+-- back-off, release at shutdown. Every statement is its own short
+-- transaction; no connection is held while a task runs.
+--
+-- The SQL is explained in docs/claim.sql.
+local db = require "vg.db"
+local log = require "vg.log"
+
+local M = {}
+
+M.CLAIM_SQL = [[
+WITH due AS MATERIALIZED (
+    SELECT c.id AS channel_id, r.rank
+      FROM channels c
+     CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS r (rank)
+     CROSS JOIN LATERAL (
+           SELECT 1 FROM tasks t
+            WHERE t.channel_id = c.id AND t.priority_rank = r.rank
+              AND t.status IN ('pending', 'retry', 'approved')
+              AND t.run_at <= now()
+            LIMIT 1) AS has_due
+     ORDER BY r.rank, c.last_claimed_at NULLS FIRST, c.id
+),
+picked AS (
+    SELECT p.id
+      FROM due
+     CROSS JOIN LATERAL (
+           SELECT t.id FROM tasks t
+            WHERE t.channel_id = due.channel_id AND t.priority_rank = due.rank
+              AND t.status IN ('pending', 'retry', 'approved')
+              AND t.run_at <= now()
+            ORDER BY t.run_at, t.id
+            LIMIT 1
+              FOR UPDATE SKIP LOCKED) p
+     LIMIT $4
+),
+claimed AS (
+    UPDATE tasks t
+       SET status = 'claimed', claimed_by = $1, claimed_instance = $2,
+           claimed_at = now(),
+           lease_expires_at = now() + make_interval(secs => $3),
+           attempts = CASE WHEN t.status = 'approved' THEN 1 ELSE t.attempts + 1 END,
+           lease_token = t.lease_token + 1
+      FROM picked
+     WHERE t.id = picked.id
+ RETURNING t.id, t.channel_id, t.pipeline, t.payload, t.priority, t.attempts,
+           t.max_attempts, t.lease_token, t.status
+),
+touched AS (
+    UPDATE channels c SET last_claimed_at = now()
+     WHERE c.id IN (SELECT l.id FROM channels l
+                     WHERE l.id IN (SELECT claimed.channel_id FROM claimed)
+                       FOR NO KEY UPDATE SKIP LOCKED)
+)
+SELECT * FROM claimed]]
+
+-- Seconds until the next claimable task is due (NULL: none queued).
+M.NEXT_DUE_SQL = [[
+SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds
+  FROM tasks WHERE status IN ('pending', 'retry', 'approved')]]
+
+M.START_SQL = [[
+UPDATE tasks SET status = 'processing', current_step = $3
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
+RETURNING id]]
+
+-- Renew the leases of every task this worker runs, in one statement.
+-- $1: JSON [[id, token], ...]. Returns the ids still held.
+M.RENEW_SQL = [[
+UPDATE tasks t
+   SET lease_expires_at = now() + make_interval(secs => $2)
+  FROM (SELECT (e->>0)::bigint AS id, (e->>1)::bigint AS token
+          FROM jsonb_array_elements($1::jsonb) e) h
+ WHERE t.id = h.id AND t.lease_token = h.token
+   AND t.status IN ('claimed', 'processing')
+RETURNING t.id]]
+
+M.COMPLETE_SQL = [[
+UPDATE tasks
+   SET status = 'completed', result = $3, last_error = NULL,
+       current_step = NULL, lease_expires_at = NULL
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
+RETURNING id]]
+
+M.REVIEW_SQL = [[
+UPDATE tasks
+   SET status = 'awaiting_review', current_step = $3, lease_expires_at = NULL,
+       result = $4
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
+RETURNING id]]
+
+-- $3 error, $4 retriable, $5 back-off base seconds, $6 cap seconds.
+M.FAIL_SQL = [[
+UPDATE tasks
+   SET status = CASE WHEN $4 AND attempts < max_attempts THEN 'retry' ELSE 'failed' END,
+       run_at = CASE WHEN $4 AND attempts < max_attempts
+                     THEN now() + make_interval(secs =>
+                              least($6::float8, $5::float8 * 2 ^ (attempts - 1))
+                              * (0.5 + random() / 2))
+                     ELSE run_at END,
+       last_error = $3, lease_expires_at = NULL
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
+RETURNING status, run_at, attempts]]
+
+-- Back to the queue at once, the attempt not counted (shutdown release).
+M.RELEASE_SQL = [[
+UPDATE tasks
+   SET status = 'retry', run_at = now(), attempts = greatest(attempts - 1, 0),
+       lease_expires_at = NULL, lease_token = lease_token + 1,
+       last_error = 'released at shutdown by ' || $3
+ WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
+RETURNING id]]
+
+-- Rescue in one statement: tasks whose lease expired, and tasks of
+-- instances whose liveness lock is free (their session is gone: the
+-- process died or lost its connection) go back to retry, or to failed
+-- when their attempts are used up. Not in the first 15 s after a server
+-- start, when every worker's lock was lost at once and they are still
+-- reconnecting. Also reports how many tasks are in flight, so the caller
+-- can check more often while there are some.
+M.RESCUE_SQL = [[
+WITH inst AS (
+    SELECT DISTINCT claimed_instance AS instance
+      FROM tasks
+     WHERE status IN ('claimed', 'processing')
+       AND claimed_instance IS NOT NULL AND claimed_instance <> $1
+       AND pg_postmaster_start_time() < now() - interval '15 seconds'
+),
+gone AS MATERIALIZED (
+    SELECT instance FROM inst
+     WHERE pg_try_advisory_xact_lock(hashtextextended(instance, 0))
+),
+victims AS (
+    SELECT id FROM tasks
+     WHERE status IN ('claimed', 'processing')
+       AND (lease_expires_at < now()
+            OR claimed_instance IN (SELECT instance FROM gone))
+     ORDER BY id
+     LIMIT 100
+       FOR UPDATE SKIP LOCKED
+),
+rescued AS (
+    UPDATE tasks t
+       SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'retry' END,
+           run_at = now(),
+           last_error = CASE WHEN t.lease_expires_at < now()
+                             THEN format('lease expired (worker %s, instance %s)',
+                                         t.claimed_by, t.claimed_instance)
+                             ELSE format('worker %s (instance %s) is gone',
+                                         t.claimed_by, t.claimed_instance) END,
+           lease_expires_at = NULL,
+           lease_token = t.lease_token + 1
+      FROM victims
+     WHERE t.id = victims.id
+ RETURNING t.id, t.status, t.claimed_by, t.claimed_instance
+)
+SELECT (SELECT count(*) FROM tasks WHERE status IN ('claimed', 'processing'))::int AS in_flight,
+       (SELECT coalesce(json_agg(r), '[]'::json) FROM rescued r) AS rescued]]
+
+M.COMPLETED_STEPS_SQL = [[
+SELECT step, output FROM task_steps WHERE task_id = $1 AND status = 'completed']]
+
+-- Checkpoint a finished step, only while the fence holds.
+M.CHECKPOINT_SQL = [[
+WITH fence AS (
+    UPDATE tasks SET current_step = $3
+     WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
+ RETURNING id
+)
+INSERT INTO task_steps AS s (task_id, step, status, attempt, started_at, finished_at, output)
+SELECT fence.id, $3, 'completed', $4, to_timestamp($6), now(), $5 FROM fence
+    ON CONFLICT (task_id, step) DO UPDATE
+   SET status = 'completed', attempt = EXCLUDED.attempt,
+       started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+       output = EXCLUDED.output
+RETURNING s.task_id]]
+
+M.LIVENESS_LOCK_SQL = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
+
+M.WORKER_UPSERT_SQL = [[
+INSERT INTO workers (worker_id, instance, started_at, last_seen_at, status,
+                     tasks_done, tasks_failed, in_flight, version)
+VALUES ($1, $2, now(), now(), $3, $4, $5, $6, $7)
+ON CONFLICT (worker_id, instance) DO UPDATE
+   SET last_seen_at = now(), status = EXCLUDED.status,
+       tasks_done = EXCLUDED.tasks_done, tasks_failed = EXCLUDED.tasks_failed,
+       in_flight = EXCLUDED.in_flight, version = EXCLUDED.version]]
+
+-- A lease was lost: the fenced write matched no row.
+M.LEASE_LOST = "lease_lost"
+
+local Queue = {}
+Queue.__index = Queue
+
+-- opts: worker_id, instance, lease_seconds, retry_base, retry_max
+function M.new(opts)
+  local q = setmetatable({}, Queue)
+  q.worker_id = assert(opts.worker_id)
+  q.instance = assert(opts.instance)
+  q.lease_seconds = opts.lease_seconds or 60
+  q.retry_base = opts.retry_base or 5
+  q.retry_max = opts.retry_max or 300
+  return q
+end
+
+-- Claim up to n tasks (default 1). Returns a list of task rows.
+function Queue:claim(n)
+  return db.query(M.CLAIM_SQL, self.worker_id, self.instance, self.lease_seconds, n or 1)
+end
+
+-- Seconds until the next queued task is due (<= 0: due now), or nil.
+function Queue:next_due()
+  local rows = db.query(M.NEXT_DUE_SQL)
+  local s = rows[1] and rows[1].seconds
+  if s == db.null then return nil end
+  return s
+end
+
+local function held(rows) return #rows > 0 end
+
+function Queue:start(task, step)
+  return held(db.query(M.START_SQL, task.id, task.lease_token, step or db.null))
+end
+
+-- Renew the leases of the given tasks; returns the set of ids still held.
+function Queue:renew(tasks)
+  local list = {}
+  for _, t in ipairs(tasks) do list[#list + 1] = { t.id, t.lease_token } end
+  local still = {}
+  if #list == 0 then return still end
+  for _, row in ipairs(db.query(M.RENEW_SQL, list, self.lease_seconds)) do
+    still[row.id] = true
+  end
+  return still
+end
+
+function Queue:complete(task, result)
+  return held(db.query(M.COMPLETE_SQL, task.id, task.lease_token, result or db.null))
+end
+
+function Queue:await_review(task, step, result)
+  return held(db.query(M.REVIEW_SQL, task.id, task.lease_token, step, result or db.null))
+end
+
+-- Record a failure: retry with back-off (retriable, attempts left) or
+-- failed. Returns the new status (nil when the lease was lost) and run_at.
+function Queue:fail(task, err, retriable)
+  local rows = db.query(M.FAIL_SQL, task.id, task.lease_token, tostring(err),
+                        retriable and true or false, self.retry_base, self.retry_max)
+  if #rows == 0 then return nil end
+  return rows[1].status, rows[1].run_at
+end
+
+function Queue:release(task)
+  return held(db.query(M.RELEASE_SQL, task.id, task.lease_token, self.worker_id))
+end
+
+-- Returns in_flight (all workers), and the list of rescued tasks.
+function Queue:rescue()
+  local row = db.query(M.RESCUE_SQL, self.instance)[1]
+  local rescued = row.rescued
+  if type(rescued) ~= "table" then rescued = {} end
+  for _, r in ipairs(rescued) do
+    log.warning("task_rescued", { task_id = r.id, status = r.status,
+      previous_worker = r.claimed_by, previous_instance = r.claimed_instance })
+  end
+  return row.in_flight, rescued
+end
+
+function Queue:completed_steps(task)
+  local done = {}
+  for _, row in ipairs(db.query(M.COMPLETED_STEPS_SQL, task.id)) do
+    done[row.step] = type(row.output) == "table" and row.output or {}
+  end
+  return done
+end
+
+function Queue:checkpoint(task, step, attempt, output, started_at)
+  return held(db.query(M.CHECKPOINT_SQL, task.id, task.lease_token, step, attempt,
+                       output or db.null, started_at))
+end
+
+function Queue:register(status, stats, version)
+  db.query(M.WORKER_UPSERT_SQL, self.worker_id, self.instance, status,
+           stats.done or 0, stats.failed or 0, stats.in_flight or 0, version or db.null)
+end
+
+return M

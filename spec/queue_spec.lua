@@ -1,0 +1,195 @@
+-- Claiming, priorities, channel fairness, fencing, retries and release,
+-- against the real PostgreSQL (TEST_DATABASE_URL).
+local vg = require "vg"
+local tdb = require "spec.support.db"
+local queue = require "vg.queue"
+
+local describe_db = tdb.available() and describe or pending
+
+describe_db("the queue", function()
+  local db, q
+
+  setup(function()
+    db = tdb.setup()
+    q = queue.new { worker_id = "spec-worker", instance = "spec:1", lease_seconds = 30,
+                    retry_base = 0.5, retry_max = 2 }
+  end)
+
+  before_each(function() tdb.reset() end)
+
+  it("claims high before normal before low", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 1, { priority = "low" })
+    tdb.enqueue("c1", 1, { priority = "normal" })
+    tdb.enqueue("c1", 1, { priority = "high" })
+    local order = {}
+    for _ = 1, 3 do order[#order + 1] = q:claim(1)[1].priority end
+    assert.same({ "high", "normal", "low" }, order)
+    assert.same({}, q:claim(1))
+  end)
+
+  it("claims oldest first within a channel and priority", function()
+    tdb.channel("c1")
+    local ids = tdb.enqueue("c1", 5)
+    for i = 1, 5 do assert.equal(ids[i], q:claim(1)[1].id) end
+  end)
+
+  it("does not let a channel's backlog delay another channel's first task", function()
+    tdb.channel("big")
+    tdb.channel("small")
+    tdb.enqueue("big", 1000)
+    local small = tdb.enqueue("small", 1)[1]
+    local seen = {}
+    for i = 1, 2 do seen[i] = q:claim(1)[1] end
+    assert.is_true(seen[1].id == small or seen[2].id == small)
+    -- and round-robin continues: the next claims alternate between channels
+    tdb.enqueue("small", 2)
+    local channels = {}
+    for i = 1, 4 do channels[i] = q:claim(1)[1].channel_id end
+    assert.same({ "big", "small", "big", "small" }, channels)
+  end)
+
+  it("does not claim tasks whose run_at is in the future", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 1, { delay = 3600 })
+    assert.same({}, q:claim(1))
+    local due = q:next_due()
+    assert.is_true(due > 3500 and due <= 3600)
+  end)
+
+  it("gives concurrent claimers distinct tasks (SKIP LOCKED)", function()
+    tdb.channel("c1")
+    tdb.channel("c2")
+    tdb.enqueue("c1", 30)
+    tdb.enqueue("c2", 30)
+    local got, tasks = {}, {}
+    for i = 1, 20 do
+      tasks[i] = vg.spawn(function()
+        local mine = {}
+        for _ = 1, 3 do
+          for _, t in ipairs(q:claim(1)) do mine[#mine + 1] = t.id end
+        end
+        return mine
+      end)
+    end
+    local total = 0
+    for i = 1, 20 do
+      for _, id in ipairs(tasks[i]:join()) do
+        assert.is_nil(got[id], "task " .. id .. " claimed twice")
+        got[id] = true
+        total = total + 1
+      end
+    end
+    assert.equal(60, total)
+  end)
+
+  it("claims a batch in one statement, fairly across channels", function()
+    tdb.channel("c1")
+    tdb.channel("c2")
+    tdb.enqueue("c1", 10)
+    tdb.enqueue("c2", 10)
+    local batch = q:claim(2)
+    assert.equal(2, #batch)
+    assert.are_not.equal(batch[1].channel_id, batch[2].channel_id)
+  end)
+
+  it("fences writes: a late result from a lost lease is rejected", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 1)
+    local t = q:claim(1)[1]
+    assert.equal(1, t.attempts)
+    -- the lease expires and the task is rescued
+    db.query("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1", t.id)
+    local _, rescued = q:rescue()
+    assert.equal(1, #rescued)
+    assert.equal("retry", rescued[1].status)
+    -- the old holder can no longer write anything
+    assert.is_false(q:complete(t, { late = true }))
+    assert.is_nil((q:fail(t, "late failure", true)))
+    assert.is_false(q:release(t))
+    -- someone else claims it and completes it
+    local t2 = q:claim(1)[1]
+    assert.equal(t.id, t2.id)
+    assert.is_true(t2.lease_token > t.lease_token)
+    assert.is_true(q:complete(t2, { ok = true }))
+    local row = db.query("SELECT status, result FROM tasks WHERE id = $1", t.id)[1]
+    assert.equal("completed", row.status)
+    assert.same({ ok = true }, row.result)
+  end)
+
+  it("renews leases it holds and reports the ones it lost", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 2)
+    local a, b = q:claim(1)[1], q:claim(1)[1]
+    db.query("UPDATE tasks SET lease_token = lease_token + 1 WHERE id = $1", b.id)
+    local still = q:renew { a, b }
+    assert.is_true(still[a.id])
+    assert.is_nil(still[b.id])
+  end)
+
+  it("retries retriable failures with back-off, then fails", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 1, { max_attempts = 2 })
+    local t = q:claim(1)[1]
+    local status = q:fail(t, "temporary", true)
+    assert.equal("retry", status)
+    local wait = db.query("SELECT extract(epoch FROM run_at - now())::float8 AS s FROM tasks WHERE id = $1", t.id)[1].s
+    assert.is_true(wait > 0.2 and wait <= 0.5, "back-off " .. wait)
+    assert.same({}, q:claim(1)) -- not before its run_at
+    db.query("UPDATE tasks SET run_at = now() WHERE id = $1", t.id)
+    local t2 = q:claim(1)[1]
+    assert.equal(2, t2.attempts)
+    assert.equal("failed", (q:fail(t2, "still broken", true)))
+    local row = db.query("SELECT status, last_error FROM tasks WHERE id = $1", t.id)[1]
+    assert.equal("failed", row.status)
+    assert.equal("still broken", row.last_error)
+  end)
+
+  it("fails non-retriable errors at once", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 1, { max_attempts = 5 })
+    local t = q:claim(1)[1]
+    assert.equal("failed", (q:fail(t, "bad payload", false)))
+  end)
+
+  it("releases a task without counting the attempt", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 1)
+    local t = q:claim(1)[1]
+    assert.is_true(q:release(t))
+    local row = db.query("SELECT status, attempts FROM tasks WHERE id = $1", t.id)[1]
+    assert.equal("retry", row.status)
+    assert.equal(0, row.attempts)
+    assert.equal(t.id, q:claim(1)[1].id)
+  end)
+
+  it("notifies listeners when tasks are enqueued, once per statement", function()
+    tdb.channel("c1")
+    db.listen("vg_tasks")
+    while db.wait_notification(0) do end
+    tdb.enqueue("c1", 500)
+    local n = db.wait_notification(5)
+    assert.is_not_nil(n)
+    assert.equal("vg_tasks", n.channel)
+    assert.is_nil(db.wait_notification(0.2))
+    db.unlisten("vg_tasks")
+  end)
+
+  it("rescues the tasks of an instance whose liveness lock is gone", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 1)
+    local other = queue.new { worker_id = "gone", instance = "gone:42", lease_seconds = 300 }
+    local t = other:claim(1)[1]
+    -- The rule ignores missing locks for 15 s after a server start (every
+    -- worker is reconnecting then); a fresh test cluster may be younger.
+    assert.is_true(tdb.eventually(function()
+      return db.query("SELECT now() - pg_postmaster_start_time() > interval '16 seconds' AS old")[1].old
+    end, 20, 0.5))
+    local in_flight, rescued = q:rescue()
+    assert.equal(1, in_flight)
+    assert.equal(1, #rescued)
+    local row = db.query("SELECT status, last_error FROM tasks WHERE id = $1", t.id)[1]
+    assert.equal("retry", row.status)
+    assert.matches("is gone", row.last_error)
+  end)
+end)
