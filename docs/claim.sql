@@ -25,11 +25,14 @@
 -- How it stays fast and correct under concurrency:
 --
 -- * "due" lists the (channel, priority) pairs that have a due task: three
---   EXISTS probes per channel into the partial index tasks_claimable_idx
+--   LIMIT 1 probes per channel into the partial index tasks_claimable_idx
 --   (channel_id, priority_rank, run_at, id) WHERE claimable. Each probe is
 --   one index descent, whatever the number of finished tasks (they are not
 --   in that index) and of queued tasks (it stops at the first). Cost grows
 --   with the number of channels (3 probes each), not with the queue.
+--   A LATERAL ... LIMIT 1 rather than EXISTS on purpose: the planner turns
+--   EXISTS into a semi-join that reads all 10,000 due tasks (measured:
+--   45 ms instead of 0.4 ms).
 -- * "picked" walks those pairs in order and takes, for each, the oldest due
 --   task that nobody has locked (FOR UPDATE SKIP LOCKED inside the LATERAL,
 --   LIMIT 1), stopping after $4 tasks. The nested loop only runs the
@@ -204,9 +207,9 @@ UPDATE tasks
 -- ---------------------------------------------------------------- 4. rescue
 --
 -- Any worker, every second or two (cheap: it reads only the tasks held
--- right now, through the partial index tasks_held_idx). Tasks whose lease expired go back to retry, due
--- at once, or to failed when their attempts are used up (the lost attempt
--- was counted by its claim). lease_token + 1 rejects the old holder's
+-- right now, through the partial index tasks_held_idx). Tasks whose lease
+-- expired go back to retry, due at once, or to failed when their attempts
+-- are used up (the lost attempt was counted by its claim). lease_token + 1 rejects the old holder's
 -- writes even before the task is claimed again. SKIP LOCKED: rescuers never
 -- wait for each other or for a worker's renewal. The UPDATE fires the
 -- vg_tasks notification, so idle workers pick the tasks up immediately.
@@ -245,6 +248,8 @@ RETURNING t.id, t.status, t.attempts, t.claimed_by, t.claimed_instance;
 --       SELECT pg_advisory_lock(hashtextextended($instance, 0));
 --   (the one-bigint key space; migrate.lua should use the two-int4 form,
 --   pg_advisory_lock(int4, int4), whose keys never collide with these).
+--   Two instances whose names hash alike only delay each other's rescue
+--   to the lease expiry; they never cause a false one.
 -- * Right after re-taking it on a reconnect, the worker renews (3b) the
 --   lease of every task it still runs; a 0-row renewal means that task was
 --   rescued meanwhile: stop it.
@@ -282,4 +287,141 @@ RETURNING t.id, t.claimed_instance;
 
 -- ---------------------------------------------------------------- 6. measurements
 --
--- (filled in below)
+-- PostgreSQL 15.18 (Debian 12 package), cluster from tests/pgtmp.sh with
+-- its defaults (fsync on), 2 CPUs. Data (all through the real schema and
+-- triggers): 20 channels; 100,000 tasks enqueued and then finished (98,000
+-- completed, 2,000 failed); 10,000 pending: 9,500 due (5,000 normal ones in
+-- one channel, the backlog; 4,500 spread over all channels and priorities)
+-- and 500 delayed. Heap 35 MB, tasks_claimable_idx 7.6 MB before vacuum.
+--
+-- 6a. Plan of claim ($4 = 1) after VACUUM ANALYZE, warm session,
+-- EXPLAIN (ANALYZE, BUFFERS), costs removed. 60 index probes for "due"
+-- (20 channels x 3 priorities) that read 207 buffers in all, one probe
+-- that locks one row, two single-row updates; no sort or scan over the
+-- backlog or the finished tasks.
+--
+--    CTE Scan on claimed (actual time=0.791..0.801 rows=1 loops=1)
+--      Buffers: shared hit=230
+--      CTE due
+--        ->  Sort (actual time=0.435..0.437 rows=1 loops=1)
+--              Sort Key: "*VALUES*".column1, c.last_claimed_at NULLS FIRST, c.id
+--              Sort Method: quicksort  Memory: 25kB
+--              Buffers: shared hit=208
+--              ->  Nested Loop (actual time=0.072..0.418 rows=21 loops=1)
+--                    Buffers: shared hit=208
+--                    ->  Seq Scan on channels c (actual time=0.011..0.013 rows=20 loops=1)
+--                          Buffers: shared hit=1
+--                    ->  Nested Loop (actual time=0.015..0.020 rows=1 loops=20)
+--                          Buffers: shared hit=207
+--                          ->  Values Scan on "*VALUES*" (actual time=0.000..0.000 rows=3 loops=20)
+--                          ->  Limit (actual time=0.006..0.006 rows=0 loops=60)
+--                                Buffers: shared hit=207
+--                                ->  Index Only Scan using tasks_claimable_idx on tasks t (actual time=0.006..0.006 rows=0 loops=60)
+--                                      Index Cond: ((channel_id = c.id) AND (priority_rank = "*VALUES*".column1) AND (run_at <= now()))
+--                                      Heap Fetches: 6
+--                                      Buffers: shared hit=207
+--      CTE picked
+--        ->  Limit (actual time=0.512..0.513 rows=1 loops=1)
+--              Buffers: shared hit=213
+--              ->  Nested Loop (actual time=0.511..0.512 rows=1 loops=1)
+--                    Buffers: shared hit=213
+--                    ->  CTE Scan on due (actual time=0.438..0.438 rows=1 loops=1)
+--                          Buffers: shared hit=208
+--                    ->  Subquery Scan on p (actual time=0.072..0.072 rows=1 loops=1)
+--                          Buffers: shared hit=5
+--                          ->  Limit (actual time=0.071..0.071 rows=1 loops=1)
+--                                Buffers: shared hit=5
+--                                ->  LockRows (actual time=0.070..0.071 rows=1 loops=1)
+--                                      Buffers: shared hit=5
+--                                      ->  Index Scan using tasks_claimable_idx on tasks t_1 (actual time=0.053..0.053 rows=1 loops=1)
+--                                            Index Cond: ((channel_id = due.channel_id) AND (priority_rank = due.rank) AND (run_at <= now()))
+--                                            Filter: (status = ANY ('{pending,retry,approved}'::text[]))
+--                                            Buffers: shared hit=4
+--      CTE claimed
+--        ->  Update on tasks t_2 (actual time=0.788..0.792 rows=1 loops=1)
+--              Buffers: shared hit=230
+--              ->  Nested Loop (actual time=0.554..0.555 rows=1 loops=1)
+--                    Buffers: shared hit=217
+--                    ->  CTE Scan on picked (actual time=0.518..0.519 rows=1 loops=1)
+--                          Buffers: shared hit=213
+--                    ->  Index Scan using tasks_pkey on tasks t_2 (actual time=0.033..0.034 rows=1 loops=1)
+--                          Index Cond: (id = picked.id)
+--                          Buffers: shared hit=4
+--      CTE touched
+--        ->  Update on channels c_1 (actual time=0.230..0.230 rows=0 loops=1)
+--              Buffers: shared hit=7
+--              ->  Hash Semi Join (actual time=0.170..0.174 rows=1 loops=1)
+--                    Hash Cond: (c_1.id = "ANY_subquery".id)
+--                    Buffers: shared hit=3
+--                    ->  Seq Scan on channels c_1 (actual time=0.007..0.009 rows=20 loops=1)
+--                          Buffers: shared hit=1
+--                    ->  Hash (actual time=0.101..0.101 rows=1 loops=1)
+--                          Buffers: shared hit=2
+--                          ->  Subquery Scan on "ANY_subquery" (actual time=0.082..0.087 rows=1 loops=1)
+--                                Buffers: shared hit=2
+--                                ->  LockRows (actual time=0.080..0.084 rows=1 loops=1)
+--                                      Buffers: shared hit=2
+--                                      ->  Hash Semi Join (actual time=0.077..0.080 rows=1 loops=1)
+--                                            Hash Cond: (l.id = claimed_1.channel_id)
+--                                            Buffers: shared hit=1
+--                                            ->  Seq Scan on channels l (actual time=0.004..0.006 rows=20 loops=1)
+--                                                  Buffers: shared hit=1
+--                                            ->  Hash (actual time=0.026..0.026 rows=1 loops=1)
+--                                                  ->  CTE Scan on claimed claimed_1 (actual time=0.007..0.007 rows=1 loops=1)
+--    Planning:
+--      Buffers: shared hit=6
+--    Planning Time: 1.307 ms
+--    Trigger tasks_notify_update on tasks: time=0.081 calls=1
+--    Trigger tasks_touch on tasks: time=0.110 calls=1
+--    Execution Time: 1.368 ms
+--
+-- 6b. Timings of claim ($4 = 1), each in BEGIN ... ROLLBACK:
+--
+--   state                                        execution   planning
+--   just loaded, ANALYZE but no VACUUM yet:
+--     first claim (walks 100,000 dead index      58.8 ms     4.2 ms
+--     entries, flags them dead as it goes)
+--     5th claim (dead entries already flagged)   ~2.0 ms     0.7 ms
+--   after VACUUM ANALYZE, EXPLAIN ANALYZE        1.37 ms     1.3 ms
+--     (timing instrumentation included)
+--   after VACUUM, EXPLAIN (ANALYZE, TIMING OFF)  1.03 ms     0.70 ms
+--   pgbench, 1 client, whole BEGIN; claim; ROLLBACK round trip (a busy
+--   2-CPU machine, so ranges over repeated runs):
+--     -M extended (how PQsendQueryParams runs it, planned each time)
+--                                                1.5-2.0 ms per claim
+--     -M prepared (named prepared statement)     0.6-1.1 ms per claim
+--
+--   So: about 1.5-2 ms per claim as vg.db sends it, ~0.8 ms of it planning;
+--   preparing the statement once per connection would save most of that.
+--   Autovacuum matters: dead entries at the front of the claim index cost
+--   every claim until they are flagged or vacuumed; 001_init.sql lowers
+--   the tasks table's autovacuum thresholds to 2% for that reason.
+--
+-- 6c. Concurrency: pgbench, 4 clients, fsync on, each transaction = claim
+-- (commit), renew (3b, commit), complete (3d, commit), draining the 9,500
+-- due tasks:
+--   9,500 transactions, 0 failed, 546 tasks/s (3 commits each),
+--   average 7.3 ms per task; claim mean execution 0.62 ms (stddev 0.70,
+--   max 25 ms) from pg_stat_statements.
+--   Every task completed exactly once: all 9,500 have attempts = 1 and
+--   lease_token = 1 (no task claimed twice).
+--   Priority order held exactly: claims 1-900 were all the high tasks,
+--   901-8600 the normal ones, 8601-9500 the low ones.
+--   Fairness: while the 13 channels with normal tasks all had some, the
+--   5,000-task backlog channel got 11-20 of every 200 normal claims (1/13 of
+--   200 is 15); it got everything only once the others were empty.
+--   8,579 of the 9,500 renewals were HOT updates (no index entries added).
+--
+-- 6d. Scaling with channels: with 1,020 channels (120 with due tasks) and
+-- 10,000 due tasks, "due" makes 3,060 probes of ~1 us each: execution
+-- 3.4 ms, 5.3 ms per claim round trip (-M extended). Cost grows with the
+-- number of channels, not with the number of tasks. If channels ever
+-- number many thousands, list only channels with claimable work first (a
+-- recursive "loose index scan" over tasks_claimable_idx) instead of
+-- probing every channel.
+--
+-- 6e. Trigger costs: the statement-level tasks_notify_update trigger adds
+-- about 3-10 us to a single-row UPDATE (10,000 lease renewals of different
+-- rows in one DO block: 0.29-0.32 s without it, 0.33-0.43 s with it). A
+-- 10,000-row INSERT, or a 10,000-row UPDATE back to retry, sends one
+-- notification.

@@ -168,9 +168,9 @@ CREATE TABLE video_costs (
     channel_id text NULL REFERENCES channels (id),
     step       text NOT NULL,
     component  text NOT NULL,            -- e.g. the provider or model
-    -- numeric, not float: money is summed and must not drift.
-    cost_usd   numeric(12, 6) NOT NULL DEFAULT 0
-               CONSTRAINT video_costs_nonneg CHECK (cost_usd >= 0),
+    -- numeric, not float: money is summed and must not drift. No sign
+    -- check: a refund or credit is recorded as a negative cost.
+    cost_usd   numeric(12, 6) NOT NULL DEFAULT 0,
     details    jsonb NOT NULL DEFAULT '{}',
     created_at timestamptz NOT NULL DEFAULT now()
 );

@@ -17,7 +17,10 @@
 # (or in a short directory under /tmp when DIR is too long for a socket
 # path). It never touches the cluster the Debian package may have started on
 # port 5432. When run as root, every PostgreSQL program runs as the
-# `postgres` user and DIR is handed to that user.
+# `postgres` user and DIR is handed to that user; if that user cannot reach
+# DIR (say DIR=$(mktemp -d)/pg: the parent is private to root), the cluster
+# goes to /tmp/pgtmp.XXXXXX instead, with DIR/data and DIR/postgres.log
+# linking to it.
 #
 # Environment:
 #   PGTMP_FSYNC=off   fsync, synchronous_commit and full_page_writes off
@@ -28,7 +31,7 @@
 #   PGTMP_PORT        use this port instead of picking a free one
 #
 # Files in DIR: data/ (PGDATA), postgres.log, initdb.log, and pgtmp.* files
-# holding the port, bin directory and socket directory.
+# holding the port, bin directory, cluster and socket directories.
 
 set -eu
 
@@ -97,7 +100,9 @@ find_bindir() {
     fi
     _best=
     for _d in /usr/lib/postgresql/*/bin; do
-        [ -x "$_d/initdb" ] && [ -x "$_d/pg_ctl" ] && [ -x "$_d/psql" ] || continue
+        if [ ! -x "$_d/initdb" ] || [ ! -x "$_d/pg_ctl" ] || [ ! -x "$_d/psql" ]; then
+            continue
+        fi
         _v=${_d#/usr/lib/postgresql/}
         _v=${_v%/bin}
         printf '%s\n' "$_v"
@@ -162,8 +167,12 @@ load() {
     BINDIR=$(cat "$DIR/pgtmp.bindir")
     PORT=$(cat "$DIR/pgtmp.port")
     SOCKDIR=$(cat "$DIR/pgtmp.sockdir")
-    PGDATA_DIR=$DIR/data
-    LOG=$DIR/postgres.log
+    HOME_DIR=$DIR
+    if [ -f "$DIR/pgtmp.home" ]; then
+        HOME_DIR=$(cat "$DIR/pgtmp.home")
+    fi
+    PGDATA_DIR=$HOME_DIR/data
+    LOG=$HOME_DIR/postgres.log
 }
 
 url() {
@@ -174,7 +183,7 @@ url() {
 show_log() {
     if [ -f "$LOG" ]; then
         say "last lines of $LOG:"
-        tail -n "${2:-25}" "$LOG" | sed 's/^/    /' >&2
+        tail -n 25 "$LOG" | sed 's/^/    /' >&2
     fi
 }
 
@@ -239,21 +248,32 @@ do_start() {
     DIR=$(cd "$DIR" && pwd -P)
     cd /
 
-    if [ -n "$RUN_USER" ]; then
-        give "$DIR"
-        as_pg test -w "$DIR" -a -x "$DIR" ||
-            die "user $RUN_USER cannot write to $DIR (is a parent directory private to root?); use a directory under /tmp, e.g. DIR=\$(mktemp -d)"
-    fi
     chmod 755 "$DIR"
 
-    PGDATA_DIR=$DIR/data
-    LOG=$DIR/postgres.log
+    # HOME_DIR holds the cluster (data/, postgres.log, the socket): DIR
+    # itself, handed to the cluster owner. When root made DIR inside a
+    # folder private to root (mktemp -d gives mode 700), the postgres user
+    # cannot reach it; then the cluster lives in its own folder under /tmp,
+    # and DIR links to it. stop removes both.
+    HOME_DIR=$DIR
+    if [ -n "$RUN_USER" ]; then
+        give "$DIR"
+        if ! as_pg test -w "$DIR" -a -x "$DIR" 2>/dev/null; then
+            HOME_DIR=$(mktemp -d /tmp/pgtmp.XXXXXX)
+            give "$HOME_DIR"
+            chmod 755 "$HOME_DIR"
+            say "user $RUN_USER cannot reach $DIR (a parent folder is private); cluster in $HOME_DIR, linked from $DIR"
+        fi
+    fi
+
+    PGDATA_DIR=$HOME_DIR/data
+    LOG=$HOME_DIR/postgres.log
     : >"$LOG"
     give "$LOG"
 
     # A unix socket path is limited to 107 bytes ("DIR/.s.PGSQL.NNNNN").
-    SOCKDIR=$DIR
-    if [ ${#DIR} -gt 88 ]; then
+    SOCKDIR=$HOME_DIR
+    if [ ${#HOME_DIR} -gt 88 ]; then
         SOCKDIR=$(mktemp -d /tmp/pgtmp-sock.XXXXXX)
         give "$SOCKDIR"
         chmod 755 "$SOCKDIR"
@@ -263,9 +283,14 @@ do_start() {
     # State first, so that `stop DIR` can clean up after a failed start.
     echo pgtmp >"$DIR/pgtmp.marker"
     echo "$BINDIR" >"$DIR/pgtmp.bindir"
+    echo "$HOME_DIR" >"$DIR/pgtmp.home"
     echo "$SOCKDIR" >"$DIR/pgtmp.sockdir"
     echo 0 >"$DIR/pgtmp.port"
     created=
+    if [ "$HOME_DIR" != "$DIR" ]; then
+        ln -s "$HOME_DIR/data" "$DIR/data"
+        ln -s "$HOME_DIR/postgres.log" "$DIR/postgres.log"
+    fi
 
     _nosync=
     [ $fsync = on ] || _nosync=--no-sync
@@ -282,15 +307,25 @@ do_start() {
     fi
 
     # pg_stat_statements ships with Debian's postgresql-NN package.
+    # Where it lives: ask pg_config, else assume the Debian layout.
     _preload=
-    _pgconfig=$BINDIR/pg_config
-    if [ -x "$_pgconfig" ]; then
-        _libdir=$("$_pgconfig" --pkglibdir 2>/dev/null) || _libdir=
-        _sharedir=$("$_pgconfig" --sharedir 2>/dev/null) || _sharedir=
-        if [ -n "$_libdir" ] && [ -f "$_libdir/pg_stat_statements.so" ] &&
-           [ -f "$_sharedir/extension/pg_stat_statements.control" ]; then
-            _preload=pg_stat_statements
-        fi
+    _libdir=
+    _sharedir=
+    if [ -x "$BINDIR/pg_config" ]; then
+        _libdir=$("$BINDIR/pg_config" --pkglibdir 2>/dev/null) || _libdir=
+        _sharedir=$("$BINDIR/pg_config" --sharedir 2>/dev/null) || _sharedir=
+    fi
+    case $BINDIR in
+        /usr/lib/postgresql/*/bin)
+            _v=${BINDIR#/usr/lib/postgresql/}
+            _v=${_v%/bin}
+            [ -n "$_libdir" ] || _libdir=/usr/lib/postgresql/$_v/lib
+            [ -n "$_sharedir" ] || _sharedir=/usr/share/postgresql/$_v
+            ;;
+    esac
+    if [ -n "$_libdir" ] && [ -f "$_libdir/pg_stat_statements.so" ] &&
+       [ -f "$_sharedir/extension/pg_stat_statements.control" ]; then
+        _preload=pg_stat_statements
     fi
     [ -n "$_preload" ] || say "pg_stat_statements not available; not preloading it"
 
@@ -374,11 +409,13 @@ do_stop() {
             as_pg "$BINDIR/pg_ctl" stop -D "$PGDATA_DIR" -m immediate -w -t 30 >&2 || true
         fi
     fi
-    if [ "$SOCKDIR" != "$DIR" ]; then
-        case $SOCKDIR in
-            /tmp/pgtmp-sock.*) rm -rf "$SOCKDIR" ;;
-        esac
-    fi
+    # Folders this script made under /tmp (see do_start), and DIR.
+    case $SOCKDIR in
+        /tmp/pgtmp-sock.*) rm -rf "$SOCKDIR" ;;
+    esac
+    case $HOME_DIR in
+        /tmp/pgtmp.*) [ "$HOME_DIR" = "$DIR" ] || rm -rf "$HOME_DIR" ;;
+    esac
     rm -rf "$DIR"
     say "stopped and removed $DIR"
 }
