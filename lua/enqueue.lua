@@ -10,10 +10,10 @@ local db = require "vg.db"
 local config = require "vg.config"
 local cjson = require "cjson"
 
-local USAGE = [[
+local USAGE = [==[
 usage: vg-host lua/enqueue.lua --channel ID [--pipeline NAME] [--priority high|normal|low]
                                [--run-at ISO-8601|+SECONDS] [--max-attempts N]
-                               [--create-channel [NAME]] PAYLOAD_JSON]]
+                               [--create-channel [NAME]] PAYLOAD_JSON]==]
 
 local function usage(msg)
   if msg then io.stderr:write("enqueue: ", msg, "\n") end

@@ -66,7 +66,7 @@ local function main(...)
   local applied_now = {}
   db.transaction(function(tx)
     tx:query("SELECT pg_advisory_xact_lock($1, $2)", LOCK_A, LOCK_B)
-    tx:exec([[CREATE TABLE IF NOT EXISTS schema_migrations (
+    tx:query([[CREATE TABLE IF NOT EXISTS schema_migrations (
                 version    text PRIMARY KEY,
                 applied_at timestamptz NOT NULL DEFAULT now())]])
     local done = {}
@@ -82,7 +82,7 @@ local function main(...)
     for _, m in ipairs(migrations) do
       if not done[m.version] then
         local t0 = require("vg").now()
-        tx:exec(read_file(m.file))
+        tx:query(read_file(m.file))
         tx:query("INSERT INTO schema_migrations (version) VALUES ($1)", m.version)
         applied_now[#applied_now + 1] = m.version
         log.info("migration_applied", { version = m.version,

@@ -12,12 +12,13 @@ local c
 worker.run {
   required = { "DATABASE_URL", "FERNET_KEY" },
   start = function(state)
-    local ok, err = pcall(db.wait_ready)
+    local ok, ready = pcall(db.wait_ready)
     if not ok then
-      if vg.is_cancelled(err) then error(err, 0) end
-      log.critical("database_unreachable", { error = tostring(err) })
+      if vg.is_cancelled(ready) then error(ready, 0) end
+      log.critical("database_unreachable", { error = tostring(ready) })
       os.exit(1)
     end
+    if not ready then return end -- shutdown came first
     c = consumer.new(state.config)
     c:start()
   end,

@@ -70,8 +70,9 @@ end
 -- Returns "completed" or "awaiting_review"; raises on failure.
 function M.execute(env, pipe, task)
   local q = env.queue
-  if type(task.payload) ~= "table" then
-    error(M.fatal("payload must be a JSON object, got " .. type(task.payload)), 0)
+  if type(task.payload) ~= "table" or task.payload[1] ~= nil then
+    local kind = type(task.payload) == "table" and "an array" or type(task.payload)
+    error(M.fatal("payload must be a JSON object, got " .. kind), 0)
   end
   if pipe.validate then
     local ok, why = pcall(pipe.validate, task.payload)

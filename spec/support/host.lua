@@ -5,8 +5,9 @@ local cjson = require "cjson"
 
 local M = {}
 
-M.bin = os.getenv("VG_HOST_BIN") or "build/vg-host"
 M.root = os.getenv("PWD") or "."
+M.bin = os.getenv("VG_HOST_BIN") or "build/vg-host"
+if M.bin:sub(1, 1) ~= "/" then M.bin = M.root .. "/" .. M.bin end
 M.key = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4="
 
 local tmp_files = {}
@@ -49,7 +50,7 @@ function M.run(args, opts)
   opts = opts or {}
   return proc.run(argv(args), {
     env = opts.env or M.env(), timeout = opts.timeout or 60, cwd = opts.cwd or M.root,
-    clear_env = opts.clear_env,
+    clear_env = opts.clear_env, max_output = opts.max_output,
   })
 end
 
