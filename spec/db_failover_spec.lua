@@ -233,6 +233,48 @@ describe("notifications", function()
   end)
 end)
 
+describe("listen on_connect", function()
+  local admin
+  setup(function() admin = new_pool() end)
+  teardown(function() admin:close(0) end)
+
+  local function lock_holder(key)
+    local rows = admin:query("select l.pid from pg_locks l where l.locktype = 'advisory' "
+      .. "and l.granted and (l.classid::bigint << 32 | l.objid::bigint) = "
+      .. "hashtextextended($1, 0)", key)
+    return rows[1] and rows[1].pid
+  end
+
+  it("runs its statement on every new LISTEN connection", function()
+    local key = "vgspec-live-" .. math.random(1e9)
+    local pool, app = new_pool()
+    pool:listen("vgspec_oc", {
+      on_connect = { "select pg_advisory_lock(hashtextextended($1, 0))", key },
+    })
+    local first = lock_holder(key)
+    assert.is_not_nil(first, "the lock is held by the LISTEN session")
+    assert.same({ first }, pids(admin, app, "and query like 'LISTEN%'"))
+    terminate_all(admin, app, "and pid = " .. first)
+    assert.is_nil(pool:wait_notification(10)) -- woken once reconnected
+    local second = lock_holder(key)
+    assert.is_not_nil(second, "the lock is taken again after reconnecting")
+    assert.are_not.equal(first, second)
+    admin:query("notify vgspec_oc, 'still'")
+    assert.equal("still", pool:wait_notification(5).payload)
+    pool:close(0)
+    assert.is_true(wait_until(function() return lock_holder(key) == nil end))
+  end)
+
+  it("makes listen fail with the statement's error", function()
+    local pool = new_pool()
+    local ok, err = pcall(pool.listen, pool, "vgspec_bad", { on_connect = "select 1/0" })
+    assert.is_false(ok)
+    assert.equal("listen_failed", err.code)
+    assert.matches("division by zero", err.message)
+    pool:close(0)
+  end)
+end)
+
 describe("process level", function()
   it("exits 1 with database_unreachable when nothing listens, retrying with back-off", function()
     local res, lines = run_script([[

@@ -1,0 +1,1005 @@
+/* require "vg.db.core": the C half of the vg.db module (lua/vg/db.lua adds
+ * db.transaction and the module-level functions over the default pool).
+ *
+ *   core.null                    the NULL value (same as cjson.null)
+ *   core.bytea(s)                marks s as binary (sent as bytea)
+ *   core.error(code, retriable, message) -> error object
+ *   core.default()               the process's pool, from DATABASE_URL and
+ *                                VG_DB_* (created on first use)
+ *   core.configure(opts)         settings for the default pool (closes it if
+ *                                it exists; the next use opens a new one)
+ *   core.new_pool(opts)          another pool: opts url, pool_size,
+ *                                max_overflow, pool_timeout, pre_ping,
+ *                                connect_timeout, application_name
+ *   core.Pool                    the pool methods table (db.lua adds
+ *                                transaction)
+ *
+ *   pool:query(sql, ...)         -> rows, affected
+ *   pool:acquire()               -> conn (conn:query, conn:release,
+ *                                   conn:tx_status, conn:pid)
+ *   pool:stats()                 -> table
+ *   pool:close([timeout])        -> true, or false when connections still
+ *                                   checked out were closed by force
+ *   pool:wait_ready([timeout])   -> true, or false when shutdown came first;
+ *                                   raises database_unreachable
+ *   pool:listen(channel [, {on_connect = sql | {sql, params...}}]),
+ *   pool:unlisten([channel])
+ *   pool:wait_notification([timeout]) -> {channel=, payload=, pid=} or nil
+ *
+ * Every wait is a scheduler wait with one cleanup (vg/sched.h): a task
+ * cancelled in the middle of a query gives its connection back to the
+ * pool, which cancels the query on the server and resets the connection
+ * before anyone else gets it. */
+#include <lauxlib.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vg/buf.h"
+#include "vg/config.h"
+#include "vg/dburl.h"
+#include "vg/err.h"
+#include "vg/l_db_types.h"
+#include "vg/log.h"
+#include "vg/pgpool.h"
+#include "vg/sched_host.h"
+
+#define POOL_MT "vg.db.Pool"
+#define CONN_MT "vg.db.Conn"
+
+typedef struct l_pool {
+    vg_pgpool_t *pool;      /* NULL once destroyed */
+    double pool_timeout;
+    struct l_pool *next;    /* every live pool, for the exit hook */
+} l_pool_t;
+
+typedef struct qop qop_t;
+
+typedef struct {
+    vg_pgconn_t *c;         /* NULL once given back or lost */
+    vg_pgpool_t *p;
+    qop_t *busy;            /* the query in flight on it */
+} l_conn_t;
+
+static struct {
+    l_pool_t *pools;
+    int default_ref;        /* registry ref of the default pool userdata */
+    int opts_ref;           /* db.configure options */
+    bool atexit_done;
+} D = {NULL, LUA_NOREF, LUA_NOREF, false};
+
+/* ---- pools: creation, options, exit --------------------------------------- */
+
+static void on_exit_hook(void *arg)
+{
+    /* Every task has ended: close everything now; the host then runs the
+     * loop until the handles have closed. */
+    for (l_pool_t *lp = D.pools; lp; lp = lp->next) {
+        if (!lp->pool) continue;
+        vg_pgpool_destroy(lp->pool);
+        lp->pool = NULL;
+    }
+}
+
+static double opt_num(lua_State *L, int idx, const char *key, double def)
+{
+    if (idx == 0) return def;
+    lua_getfield(L, idx, key);
+    double v = def;
+    if (!lua_isnil(L, -1)) {
+        if (!lua_isnumber(L, -1)) luaL_error(L, "option %s must be a number", key);
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Options: opts table at idx (or 0), else db.configure's, else VG_DB_*. */
+static void push_pool(lua_State *L, int idx)
+{
+    int cfg_idx = 0;
+    if (idx == 0 && D.opts_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, D.opts_ref);
+        cfg_idx = lua_gettop(L);
+    } else if (idx) {
+        cfg_idx = lua_absindex(L, idx);
+    }
+    vg_pgpool_cfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    const char *url = vg_config_str("DATABASE_URL");
+    char *norm = NULL;
+    if (cfg_idx) {
+        lua_getfield(L, cfg_idx, "url");
+        if (lua_isstring(L, -1)) {
+            const char *why;
+            norm = vg_dburl_normalise(lua_tostring(L, -1), &why);
+            if (!norm) vg_err_raise(L, "configuration_invalid", false, "%s", why);
+            url = norm;
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, cfg_idx, "application_name");
+        cfg.application_name = lua_tostring(L, -1); /* kept on the stack below */
+    }
+    if (!url) {
+        free(norm);
+        vg_err_raise(L, "configuration_invalid", false,
+                     "DATABASE_URL is not set (or is not a PostgreSQL URL)");
+    }
+    cfg.url = url;
+    cfg.size = (int)opt_num(L, cfg_idx, "pool_size", vg_config_num("VG_DB_POOL_SIZE"));
+    cfg.max_overflow = (int)opt_num(L, cfg_idx, "max_overflow",
+                                    vg_config_num("VG_DB_MAX_OVERFLOW"));
+    cfg.connect_timeout = opt_num(L, cfg_idx, "connect_timeout",
+                                  vg_config_num("VG_DB_CONNECT_TIMEOUT"));
+    cfg.pool_timeout = opt_num(L, cfg_idx, "pool_timeout", vg_config_num("VG_DB_POOL_TIMEOUT"));
+    cfg.pre_ping = vg_config_num("VG_DB_PRE_PING") != 0;
+    if (cfg_idx) {
+        lua_getfield(L, cfg_idx, "pre_ping");
+        if (lua_isboolean(L, -1)) cfg.pre_ping = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    char *err = NULL;
+    vg_pgpool_t *pool = vg_pgpool_new(vg_loop(), &cfg, &err);
+    free(norm);
+    if (!pool) {
+        lua_pushstring(L, err);
+        free(err);
+        vg_err_raise(L, "configuration_invalid", false, "%s", lua_tostring(L, -1));
+    }
+    l_pool_t *lp = lua_newuserdatauv(L, sizeof *lp, 0);
+    lp->pool = pool;
+    lp->pool_timeout = cfg.pool_timeout;
+    lp->next = D.pools;
+    D.pools = lp;
+    luaL_setmetatable(L, POOL_MT);
+    if (!D.atexit_done) {
+        D.atexit_done = true;
+        vg_sched_atexit(on_exit_hook, NULL);
+    }
+}
+
+static l_pool_t *check_lpool(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, POOL_MT);
+}
+
+static vg_pgpool_t *check_pool(lua_State *L, int idx)
+{
+    l_pool_t *lp = check_lpool(L, idx);
+    if (!lp->pool || vg_pgpool_closed(lp->pool))
+        vg_err_raise(L, "pool_closed", false, "the database pool is closed");
+    return lp->pool;
+}
+
+static int l_pool_gc(lua_State *L)
+{
+    l_pool_t *lp = check_lpool(L, 1);
+    for (l_pool_t **pp = &D.pools; *pp; pp = &(*pp)->next) {
+        if (*pp == lp) {
+            *pp = lp->next;
+            break;
+        }
+    }
+    if (lp->pool) vg_pgpool_destroy(lp->pool);
+    lp->pool = NULL;
+    return 0;
+}
+
+/* core.default([create]) -> the default pool; with create false, nil when
+ * it was not made yet. */
+static int l_core_default(lua_State *L)
+{
+    if (D.default_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, D.default_ref);
+        return 1;
+    }
+    if (lua_isboolean(L, 1) && !lua_toboolean(L, 1)) return 0;
+    lua_settop(L, 0);
+    push_pool(L, 0);
+    lua_pushvalue(L, -1);
+    D.default_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
+static int l_core_new_pool(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    push_pool(L, 1);
+    return 1;
+}
+
+static int l_core_configure(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushvalue(L, 1);
+    if (D.opts_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, D.opts_ref);
+    D.opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (D.default_ref != LUA_NOREF) { /* the next use opens a new pool */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, D.default_ref);
+        l_pool_t *lp = lua_touserdata(L, -1);
+        if (lp->pool) vg_pgpool_destroy(lp->pool);
+        lp->pool = NULL;
+        luaL_unref(L, LUA_REGISTRYINDEX, D.default_ref);
+        D.default_ref = LUA_NOREF;
+    }
+    return 0;
+}
+
+/* ---- queries ---------------------------------------------------------------------- */
+
+enum { Q_ACQUIRE = 1, Q_QUERY };
+
+struct qop {
+    vg_task_t *task;
+    vg_pgpool_t *pool;
+    l_conn_t *lc;           /* conn:query; NULL for pool:query */
+    vg_pgconn_t *conn;
+    vg_pgpool_req_t req;
+    int phase;
+    PGresult *res;
+    const char *err_code;
+    char *err_msg;
+};
+
+static void qop_free(qop_t *op)
+{
+    free(op->err_msg);
+    free(op);
+}
+
+/* The wait ended early (cancelled, timed out): detach from the pool and
+ * the connection; a query in flight goes to the pool to be cancelled. */
+static void qop_cleanup(void *arg)
+{
+    qop_t *op = arg;
+    if (op->phase == Q_ACQUIRE) {
+        vg_pgpool_cancel(op->pool, &op->req);
+    } else if (op->phase == Q_QUERY && op->conn) {
+        vg_pgconn_set_done(op->conn, NULL, NULL);
+        if (op->lc) {
+            op->lc->c = NULL;
+            op->lc->busy = NULL;
+        }
+        vg_pgpool_release(op->pool, op->conn);
+    }
+    qop_free(op);
+}
+
+static void qop_acquired(vg_pgpool_req_t *r, vg_pgconn_t *c, const char *code, const char *msg)
+{
+    qop_t *op = r->arg;
+    op->conn = c;
+    op->err_code = code;
+    if (msg) op->err_msg = vg_xstrdup(msg);
+    vg_task_wake(op->task);
+}
+
+static void qop_done(vg_pgconn_t *c, PGresult *res, void *arg)
+{
+    qop_t *op = arg;
+    op->res = res;
+    vg_task_wake(op->task);
+}
+
+static int query_sent_k(lua_State *L, int status, lua_KContext ctx);
+
+/* Send the query of the call whose SQL is at index 2 and parameters from
+ * 3, on op->conn, and wait. */
+static int query_send(lua_State *L, qop_t *op)
+{
+    vg_l_db_params_t p;
+    const char *sql = lua_tostring(L, 2);
+    vg_l_db_build_params(L, 3, &p);
+    /* No parameters: the simple protocol, so a migration may hold several
+     * statements. */
+    int rc = vg_pgconn_send(op->conn, sql, p.n ? p.n : -1,
+                            p.types, p.vals, p.lens, p.fmts, qop_done, op);
+    vg_l_db_free_params(&p);
+    if (rc != 0) {
+        lua_pushstring(L, vg_pgconn_error(op->conn));
+        bool lost = op->conn->state != VG_PGCONN_IDLE;
+        if (!op->lc) vg_pgpool_release(op->pool, op->conn);
+        qop_free(op);
+        vg_l_db_push_query_error(L, NULL, lost, lua_tostring(L, -1));
+        return lua_error(L);
+    }
+    op->phase = Q_QUERY;
+    if (op->lc) op->lc->busy = op;
+    vg_task_wait(op->task, 0, -1, qop_cleanup, op);
+    vg_task_wait_label(op->task, "db query");
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, query_sent_k);
+}
+
+static int query_sent_k(lua_State *L, int status, lua_KContext ctx)
+{
+    vg_task_woken(L); /* raises when cancelled (cleanup already ran) */
+    qop_t *op = (qop_t *)(intptr_t)ctx;
+    PGresult *res = op->res;
+    vg_pgconn_t *conn = op->conn;
+    bool lost = conn->state != VG_PGCONN_IDLE;
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY ||
+              st == PGRES_SINGLE_TUPLE;
+    if (!ok) lua_pushstring(L, vg_pgconn_error(conn));
+    if (op->lc) op->lc->busy = NULL;
+    else vg_pgpool_release(op->pool, conn);
+    qop_free(op);
+    if (!ok) {
+        vg_l_db_push_query_error(L, res, lost || !res, lua_tostring(L, -1));
+        PQclear(res);
+        return lua_error(L);
+    }
+    int n = vg_l_db_push_result(L, res);
+    PQclear(res);
+    return n;
+}
+
+/* A checkout failed: pool_timeout and connect_failed are worth retrying,
+ * pool_closed is not. Frees op. */
+static int raise_acquire_error(lua_State *L, qop_t *op)
+{
+    const char *code = op->err_code ? op->err_code : "connect_failed";
+    lua_pushstring(L, op->err_msg ? op->err_msg : "no connection");
+    qop_free(op);
+    vg_err_push(L, code, strcmp(code, "pool_closed") != 0, "%s", lua_tostring(L, -1));
+    return lua_error(L);
+}
+
+static int query_acquired_k(lua_State *L, int status, lua_KContext ctx)
+{
+    vg_task_woken(L); /* raises when cancelled (cleanup freed op) */
+    qop_t *op = (qop_t *)(intptr_t)ctx;
+    if (!op->conn) return raise_acquire_error(L, op);
+    return query_send(L, op);
+}
+
+/* pool:query(sql, ...) -> rows, affected */
+static int l_pool_query(lua_State *L)
+{
+    vg_pgpool_t *pool = check_pool(L, 1);
+    luaL_checkstring(L, 2);
+    vg_l_db_check_params(L, 3);
+    vg_task_t *t = vg_task_current(L);
+    qop_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    op->pool = pool;
+    op->req.cb = qop_acquired;
+    op->req.arg = op;
+    op->phase = Q_ACQUIRE;
+    vg_pgconn_t *c;
+    int rc = vg_pgpool_acquire(pool, &op->req, &c);
+    if (rc < 0) {
+        qop_free(op);
+        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
+    }
+    if (rc == 0) {
+        op->conn = c;
+        return query_send(L, op);
+    }
+    /* No timeout here: the pool fails the request with pool_timeout. */
+    vg_task_wait(t, 0, -1, qop_cleanup, op);
+    vg_task_wait_label(t, "db checkout");
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, query_acquired_k);
+}
+
+/* ---- checked-out connections (transactions) --------------------------------------- */
+
+static l_conn_t *check_conn(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, CONN_MT);
+}
+
+static void push_conn(lua_State *L, vg_pgpool_t *pool, vg_pgconn_t *c)
+{
+    l_conn_t *lc = lua_newuserdatauv(L, sizeof *lc, 1);
+    lc->c = c;
+    lc->p = pool;
+    lc->busy = NULL;
+    luaL_setmetatable(L, CONN_MT);
+    lua_pushvalue(L, 1); /* keep the pool alive while the connection is out */
+    lua_setiuservalue(L, -2, 1);
+}
+
+static int acquire_k(lua_State *L, int status, lua_KContext ctx)
+{
+    vg_task_woken(L); /* raises when cancelled (cleanup freed op) */
+    qop_t *op = (qop_t *)(intptr_t)ctx;
+    if (!op->conn) return raise_acquire_error(L, op);
+    push_conn(L, op->pool, op->conn);
+    qop_free(op);
+    return 1;
+}
+
+/* pool:acquire() -> conn (give it back with conn:release()) */
+static int l_pool_acquire(lua_State *L)
+{
+    vg_pgpool_t *pool = check_pool(L, 1);
+    lua_settop(L, 1);
+    vg_task_t *t = vg_task_current(L);
+    qop_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    op->pool = pool;
+    op->req.cb = qop_acquired;
+    op->req.arg = op;
+    op->phase = Q_ACQUIRE;
+    vg_pgconn_t *c;
+    int rc = vg_pgpool_acquire(pool, &op->req, &c);
+    if (rc < 0) {
+        qop_free(op);
+        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
+    }
+    if (rc == 0) {
+        push_conn(L, pool, c);
+        qop_free(op);
+        return 1;
+    }
+    vg_task_wait(t, 0, -1, qop_cleanup, op);
+    vg_task_wait_label(t, "db checkout");
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, acquire_k);
+}
+
+/* conn:query(sql, ...) -> rows, affected */
+static int l_conn_query(lua_State *L)
+{
+    l_conn_t *lc = check_conn(L, 1);
+    luaL_checkstring(L, 2);
+    vg_l_db_check_params(L, 3);
+    if (!lc->c) {
+        vg_err_push(L, "connection_lost", true,
+                    "this connection was given back or lost (its transaction is over)");
+        return lua_error(L);
+    }
+    if (lc->busy) return luaL_error(L, "another query is running on this connection");
+    vg_task_t *t = vg_task_current(L);
+    qop_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    op->pool = lc->p;
+    op->lc = lc;
+    op->conn = lc->c;
+    return query_send(L, op);
+}
+
+static int l_conn_release(lua_State *L)
+{
+    l_conn_t *lc = check_conn(L, 1);
+    if (lc->c && !lc->busy) {
+        vg_pgpool_release(lc->p, lc->c);
+        lc->c = NULL;
+    }
+    return 0;
+}
+
+static int l_conn_tx_status(lua_State *L)
+{
+    l_conn_t *lc = check_conn(L, 1);
+    const char *s = "closed";
+    if (lc->c && lc->c->state == VG_PGCONN_IDLE) {
+        switch (vg_pgconn_tx_status(lc->c)) {
+        case PQTRANS_IDLE: s = "idle"; break;
+        case PQTRANS_INTRANS: s = "intrans"; break;
+        case PQTRANS_INERROR: s = "inerror"; break;
+        case PQTRANS_ACTIVE: s = "active"; break;
+        default: s = "unknown"; break;
+        }
+    } else if (lc->c && lc->c->state == VG_PGCONN_BUSY) {
+        s = "active";
+    } else if (lc->c) {
+        s = "broken";
+    }
+    lua_pushstring(L, s);
+    return 1;
+}
+
+static int l_conn_pid(lua_State *L)
+{
+    l_conn_t *lc = check_conn(L, 1);
+    lua_pushinteger(L, lc->c ? vg_pgconn_pid(lc->c) : 0);
+    return 1;
+}
+
+/* ---- stats, close ---------------------------------------------------------------- */
+
+static void push_stats(lua_State *L, const vg_pgpool_stats_t *s)
+{
+    lua_createtable(L, 0, 12);
+#define F(name) (lua_pushinteger(L, (lua_Integer)s->name), lua_setfield(L, -2, #name))
+    F(size); F(max_overflow); F(open); F(connecting); F(idle); F(checked_out);
+    F(resetting); F(overflow); F(waiters); F(opened_total); F(closed_total); F(failed_total);
+    F(pings_total);
+#undef F
+}
+
+static int l_pool_stats(lua_State *L)
+{
+    l_pool_t *lp = check_lpool(L, 1);
+    vg_pgpool_stats_t s;
+    if (lp->pool) vg_pgpool_stats(lp->pool, &s);
+    else memset(&s, 0, sizeof s);
+    push_stats(L, &s);
+    lua_pushboolean(L, !lp->pool || vg_pgpool_closed(lp->pool));
+    lua_setfield(L, -2, "closed");
+    return 1;
+}
+
+typedef struct {
+    vg_task_t *task;        /* NULL when the waiting task went away */
+    bool done;
+    int forced;
+} close_op_t;
+
+static void close_done(void *arg, int forced)
+{
+    close_op_t *op = arg;
+    op->done = true;
+    op->forced = forced;
+    if (op->task) vg_task_wake(op->task);
+    else free(op);
+}
+
+static void close_cleanup(void *arg)
+{
+    close_op_t *op = arg;
+    if (op->done) free(op);
+    else op->task = NULL; /* close_done frees it */
+}
+
+static int close_finish(lua_State *L, l_pool_t *lp, bool forced)
+{
+    vg_pgpool_stats_t s;
+    vg_pgpool_stats(lp->pool, &s);
+    vg_log(VG_LOG_INFO, "database_connections_closed",
+           VG_F_STR("host", vg_pgpool_describe(lp->pool)),
+           VG_F_INT("opened_total", s.opened_total), VG_F_INT("closed_total", s.closed_total),
+           VG_F_BOOL("forced", forced), VG_F_END);
+    lua_pushboolean(L, !forced);
+    return 1;
+}
+
+static int close_k(lua_State *L, int status, lua_KContext ctx)
+{
+    vg_task_woken(L);
+    close_op_t *op = (close_op_t *)(intptr_t)ctx;
+    bool forced = op->forced;
+    free(op);
+    return close_finish(L, check_lpool(L, 1), forced);
+}
+
+/* pool:close([timeout]) -> true, or false when some checked-out connections
+ * had to be closed by force after the timeout (default VG_SHUTDOWN_GRACE). */
+static int l_pool_close(lua_State *L)
+{
+    l_pool_t *lp = check_lpool(L, 1);
+    double timeout = luaL_optnumber(L, 2, vg_config_num("VG_SHUTDOWN_GRACE"));
+    lua_settop(L, 1);
+    if (!lp->pool) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    vg_task_t *t = vg_task_running() ? vg_task_current(L) : NULL;
+    close_op_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    vg_pgpool_close(lp->pool, t ? timeout : 0, close_done, op);
+    if (op->done) {
+        bool forced = op->forced;
+        free(op);
+        return close_finish(L, lp, forced);
+    }
+    vg_task_wait(t, 0, -1, close_cleanup, op);
+    vg_task_wait_label(t, "db close");
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, close_k);
+}
+
+/* ---- waiting for the database at start-up ------------------------------------------ */
+
+typedef struct {
+    vg_task_t *task;
+    vg_pgpool_probe_t *probe;
+    bool done;
+    char *error;
+} probe_op_t;
+
+static void probe_done(void *arg, const char *error)
+{
+    probe_op_t *op = arg;
+    op->done = true;
+    op->probe = NULL;
+    if (error) op->error = vg_xstrdup(error);
+    vg_task_wake(op->task);
+}
+
+static void probe_cleanup(void *arg)
+{
+    probe_op_t *op = arg;
+    if (op->probe) vg_pgpool_probe_cancel(op->probe);
+    free(op->error);
+    free(op);
+}
+
+/* Stack of wait_ready: 1 pool, 2 timeout, 3 deadline, 4 attempt, 5 backoff,
+ * 6 last error (human), 7 last kind. */
+static int wait_attempt(lua_State *L);
+
+static void push_unreachable(lua_State *L, l_pool_t *lp)
+{
+    const char *why = lua_tostring(L, 6);
+    vg_err_push(L, "database_unreachable", false, "could not connect to the database at %s "
+                "within %f s: %s", vg_pgpool_describe(lp->pool), (lua_Number)lua_tonumber(L, 2),
+                why ? why : "timed out");
+    lua_pushstring(L, vg_pgpool_describe(lp->pool));
+    lua_setfield(L, -2, "host");
+    lua_pushvalue(L, 7);
+    lua_setfield(L, -2, "reason");
+}
+
+static int wait_backoff_k(lua_State *L, int status, lua_KContext ctx)
+{
+    if (vg_task_woken(L) == VG_WAKE_INTERRUPTED) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    return wait_attempt(L);
+}
+
+static int wait_probe_k(lua_State *L, int status, lua_KContext ctx)
+{
+    l_pool_t *lp = check_lpool(L, 1);
+    vg_wake_t why = vg_task_woken(L);
+    double now = (double)uv_hrtime() / 1e9;
+    if (why == VG_WAKE_TIMEOUT) { /* the deadline passed during an attempt */
+        if (lua_isnil(L, 6)) {
+            lua_pushliteral(L, "no answer from the server within the connect timeout");
+            lua_replace(L, 6);
+            lua_pushliteral(L, "timeout");
+            lua_replace(L, 7);
+        }
+        push_unreachable(L, lp);
+        return lua_error(L);
+    }
+    probe_op_t *op = (probe_op_t *)(intptr_t)ctx;
+    char *error = op->error;
+    free(op);
+    lua_Integer attempt = lua_tointeger(L, 4);
+    if (!error) {
+        vg_log(VG_LOG_INFO, "database_connected", VG_F_STR("host", vg_pgpool_describe(lp->pool)),
+               VG_F_INT("attempts", attempt), VG_F_END);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    char human[512];
+    const char *kind;
+    vg_pgconn_explain(error, human, sizeof human, &kind);
+    char *detail = vg_dburl_redact(error);
+    free(error);
+    lua_pushstring(L, human);
+    lua_replace(L, 6);
+    lua_pushstring(L, kind);
+    lua_replace(L, 7);
+    double backoff = lua_tonumber(L, 5);
+    double left = lua_tonumber(L, 3) - now;
+    vg_log(VG_LOG_WARNING, "database_connect_failed",
+           VG_F_STR("host", vg_pgpool_describe(lp->pool)),
+           VG_F_INT("attempt", attempt), VG_F_STR("reason", kind), VG_F_STR("error", human),
+           VG_F_STR("detail", detail), VG_F_NUM("retry_in", left > backoff ? backoff : 0),
+           VG_F_END);
+    free(detail);
+    if (left <= backoff) {
+        push_unreachable(L, lp);
+        return lua_error(L);
+    }
+    lua_pushnumber(L, backoff * 2 > 5.0 ? 5.0 : backoff * 2);
+    lua_replace(L, 5);
+    vg_task_t *t = vg_task_current(L);
+    vg_task_wait(t, VG_WAIT_INTERRUPTIBLE, backoff, NULL, NULL);
+    vg_task_wait_label(t, "db connect back-off");
+    return vg_task_yield(L, 0, wait_backoff_k);
+}
+
+static int wait_attempt(lua_State *L)
+{
+    l_pool_t *lp = check_lpool(L, 1);
+    if (!lp->pool || vg_pgpool_closed(lp->pool))
+        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
+    if (vg_shutdown_requested()) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    double left = lua_tonumber(L, 3) - (double)uv_hrtime() / 1e9;
+    lua_pushinteger(L, lua_tointeger(L, 4) + 1);
+    lua_replace(L, 4);
+    vg_task_t *t = vg_task_current(L);
+    probe_op_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    op->probe = vg_pgpool_probe(lp->pool, probe_done, op);
+    vg_task_wait(t, 0, left > 0 ? left : 0, probe_cleanup, op);
+    vg_task_wait_label(t, "db connect");
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, wait_probe_k);
+}
+
+/* pool:wait_ready([timeout]) -> true when the server answers; false when
+ * shutdown was requested first; raises database_unreachable after timeout
+ * (default VG_DB_CONNECT_TIMEOUT), retrying with back-off. */
+static int l_pool_wait_ready(lua_State *L)
+{
+    l_pool_t *lp = check_lpool(L, 1);
+    check_pool(L, 1);
+    double timeout = luaL_optnumber(L, 2, vg_config_num("VG_DB_CONNECT_TIMEOUT"));
+    vg_pgpool_stats_t s;
+    vg_pgpool_stats(lp->pool, &s);
+    lua_settop(L, 1);
+    if (s.idle > 0 || s.checked_out > 0) { /* it answered moments ago */
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushnumber(L, timeout);
+    lua_pushnumber(L, (double)uv_hrtime() / 1e9 + timeout);
+    lua_pushinteger(L, 0);
+    lua_pushnumber(L, 0.2);
+    lua_pushnil(L);
+    lua_pushnil(L);
+    return wait_attempt(L);
+}
+
+/* ---- LISTEN / NOTIFY ---------------------------------------------------------------- */
+
+typedef struct {
+    vg_task_t *task;
+    vg_pglistener_t *l;
+    vg_pglisten_req_t req;
+    vg_pgwait_t wait;
+    bool done;
+    char *error;
+    vg_pgnotify_t *n;
+} lop_t;
+
+static void lop_listened(vg_pglisten_req_t *r, const char *error)
+{
+    lop_t *op = r->arg;
+    op->done = true;
+    if (error) op->error = vg_xstrdup(error);
+    vg_task_wake(op->task);
+}
+
+static void lop_cleanup(void *arg)
+{
+    lop_t *op = arg;
+    vg_pglistener_forget(op->l, &op->req);
+    vg_pglistener_unwait(op->l, &op->wait);
+    vg_pgnotify_free(op->n);
+    free(op->error);
+    free(op);
+}
+
+static int listen_k(lua_State *L, int status, lua_KContext ctx)
+{
+    vg_wake_t why = vg_task_woken(L);
+    if (why != VG_WAKE_DONE)
+        return vg_err_raise(L, "pool_timeout", true,
+                            "LISTEN/UNLISTEN was not confirmed within the pool timeout");
+    lop_t *op = (lop_t *)(intptr_t)ctx;
+    char *error = op->error;
+    free(op);
+    if (error) {
+        lua_pushstring(L, error);
+        free(error);
+        return vg_err_raise(L, "listen_failed", true, "%s", lua_tostring(L, -1));
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int listen_common(lua_State *L, bool listen)
+{
+    l_pool_t *lp = check_lpool(L, 1);
+    vg_pgpool_t *pool = check_pool(L, 1);
+    const char *channel = listen ? luaL_checkstring(L, 2) : luaL_optstring(L, 2, NULL);
+    luaL_argcheck(L, !channel || (*channel && strlen(channel) < 64), 2,
+                  "a channel name is 1 to 63 bytes");
+    vg_task_t *t = vg_task_current(L);
+    vg_pglistener_t *l = vg_pgpool_listener(pool);
+    if (listen && lua_istable(L, 3)) {
+        /* opts.on_connect = sql or {sql, param, ...}: run first on every new
+         * LISTEN connection (a session lock, a SET). */
+        lua_getfield(L, 3, "on_connect");
+        int oc = lua_gettop(L);
+        if (lua_isstring(L, oc)) {
+            vg_pglistener_on_connect(l, lua_tostring(L, oc), 0, NULL);
+        } else if (lua_istable(L, oc)) {
+            lua_rawgeti(L, oc, 1);
+            if (!lua_isstring(L, -1)) luaL_argerror(L, 3, "on_connect[1] must be the SQL text");
+            int first = lua_gettop(L) + 1;
+            lua_Integer n = (lua_Integer)lua_rawlen(L, oc);
+            luaL_checkstack(L, (int)n, "too many on_connect parameters");
+            for (lua_Integer i = 2; i <= n; i++) lua_rawgeti(L, oc, i);
+            vg_l_db_check_params(L, first);
+            vg_l_db_params_t p;
+            vg_l_db_build_params(L, first, &p);
+            vg_pglistener_on_connect(l, lua_tostring(L, first - 1), p.n, p.vals);
+            vg_l_db_free_params(&p);
+        } else if (!lua_isnil(L, oc)) {
+            luaL_argerror(L, 3, "on_connect must be SQL text or {sql, params...}");
+        }
+        lua_settop(L, 3);
+    }
+    lop_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    op->l = l;
+    op->req.cb = lop_listened;
+    op->req.arg = op;
+    if (vg_pglistener_request(op->l, channel, listen, &op->req) != 0) {
+        free(op);
+        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
+    }
+    vg_task_wait(t, 0, lp->pool_timeout > 0 ? lp->pool_timeout : 30, lop_cleanup, op);
+    vg_task_wait_label(t, listen ? "db listen" : "db unlisten");
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, listen_k);
+}
+
+static int l_pool_listen(lua_State *L) { return listen_common(L, true); }
+static int l_pool_unlisten(lua_State *L) { return listen_common(L, false); }
+
+static void push_notify(lua_State *L, vg_pgnotify_t *n)
+{
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, n->channel);
+    lua_setfield(L, -2, "channel");
+    lua_pushstring(L, n->payload);
+    lua_setfield(L, -2, "payload");
+    lua_pushinteger(L, n->pid);
+    lua_setfield(L, -2, "pid");
+    vg_pgnotify_free(n);
+}
+
+static void lop_notified(vg_pgwait_t *w, vg_pgnotify_t *n)
+{
+    lop_t *op = w->arg;
+    op->n = n;
+    op->done = true;
+    vg_task_wake(op->task);
+}
+
+static int wait_notification_k(lua_State *L, int status, lua_KContext ctx)
+{
+    vg_wake_t why = vg_task_woken(L);
+    if (why != VG_WAKE_DONE) return 0; /* timeout or shutdown: nil (cleanup ran) */
+    lop_t *op = (lop_t *)(intptr_t)ctx;
+    vg_pgnotify_t *n = op->n;
+    free(op);
+    if (!n) return 0;
+    push_notify(L, n);
+    return 1;
+}
+
+/* pool:wait_notification([timeout]) -> {channel=, payload=, pid=}, or nil
+ * on timeout, on shutdown, or after the LISTEN connection was re-made
+ * (notifications may have been missed: look for work). */
+static int l_pool_wait_notification(lua_State *L)
+{
+    vg_pgpool_t *pool = check_pool(L, 1);
+    double timeout = luaL_optnumber(L, 2, -1);
+    vg_pglistener_t *l = vg_pgpool_listener(pool);
+    vg_pgnotify_t *n = vg_pglistener_pop(l);
+    if (n) {
+        push_notify(L, n);
+        return 1;
+    }
+    if (vg_shutdown_requested() || timeout == 0) return 0;
+    vg_task_t *t = vg_task_current(L);
+    lop_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    op->l = l;
+    op->wait.cb = lop_notified;
+    op->wait.arg = op;
+    vg_pglistener_wait(l, &op->wait);
+    vg_task_wait(t, VG_WAIT_INTERRUPTIBLE, timeout, lop_cleanup, op);
+    vg_task_wait_label(t, "db notification");
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, wait_notification_k);
+}
+
+/* ---- small things ----------------------------------------------------------------- */
+
+static int l_pool_describe(lua_State *L)
+{
+    l_pool_t *lp = check_lpool(L, 1);
+    lua_pushstring(L, lp->pool ? vg_pgpool_describe(lp->pool) : "(closed)");
+    return 1;
+}
+
+static int l_pool_tostring(lua_State *L)
+{
+    l_pool_t *lp = check_lpool(L, 1);
+    lua_pushfstring(L, "vg.db.Pool(%s)", lp->pool ? vg_pgpool_describe(lp->pool) : "closed");
+    return 1;
+}
+
+static int l_conn_gc(lua_State *L)
+{
+    l_conn_t *lc = check_conn(L, 1);
+    if (lc->c) {
+        vg_pgpool_release(lc->p, lc->c);
+        lc->c = NULL;
+    }
+    return 0;
+}
+
+static int l_core_bytea(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    luaL_setmetatable(L, VG_L_DB_BYTEA_MT);
+    return 1;
+}
+
+static int l_core_error(lua_State *L)
+{
+    const char *code = luaL_checkstring(L, 1);
+    bool retriable = lua_toboolean(L, 2);
+    const char *msg = luaL_checkstring(L, 3);
+    vg_err_push(L, code, retriable, "%s", msg);
+    return 1;
+}
+
+static const luaL_Reg pool_methods[] = {
+    {"query", l_pool_query},
+    {"acquire", l_pool_acquire},
+    {"stats", l_pool_stats},
+    {"close", l_pool_close},
+    {"wait_ready", l_pool_wait_ready},
+    {"listen", l_pool_listen},
+    {"unlisten", l_pool_unlisten},
+    {"wait_notification", l_pool_wait_notification},
+    {"describe", l_pool_describe},
+    {NULL, NULL},
+};
+
+static const luaL_Reg conn_methods[] = {
+    {"query", l_conn_query},
+    {"release", l_conn_release},
+    {"tx_status", l_conn_tx_status},
+    {"pid", l_conn_pid},
+    {NULL, NULL},
+};
+
+static const luaL_Reg core_funcs[] = {
+    {"default", l_core_default},
+    {"new_pool", l_core_new_pool},
+    {"configure", l_core_configure},
+    {"bytea", l_core_bytea},
+    {"error", l_core_error},
+    {NULL, NULL},
+};
+
+int luaopen_vg_db_core(lua_State *L)
+{
+    vg_l_db_types_init(L);
+    luaL_newlib(L, core_funcs);
+    int mod = lua_gettop(L);
+    if (luaL_newmetatable(L, POOL_MT)) {
+        luaL_newlib(L, pool_methods);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, mod, "Pool");
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_pool_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, l_pool_tostring);
+        lua_setfield(L, -2, "__tostring");
+    } else {
+        lua_getfield(L, -1, "__index");
+        lua_setfield(L, mod, "Pool");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, CONN_MT)) {
+        luaL_newlib(L, conn_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_conn_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+    luaL_newmetatable(L, VG_L_DB_BYTEA_MT);
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, mod, "null");
+    return 1;
+}

@@ -1,0 +1,799 @@
+/* One PostgreSQL connection as a state machine on the libuv loop (see
+ * vg/pgconn.h). The shape follows libpq's documentation for asynchronous
+ * use: PQconnectStartParams/PQconnectPoll, then PQsendQuery*, PQflush until
+ * it returns 0, PQconsumeInput on readability, PQisBusy before every
+ * PQgetResult, PQnotifies after every read. */
+#include "vg/pgconn.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "vg/buf.h"
+#include "vg/log.h"
+
+#define MAX_ADDRS 8
+
+static void on_poll(uv_poll_t *h, int status, int events);
+static void on_timer(uv_timer_t *h);
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static void set_error(vg_pgconn_t *c, const char *msg)
+{
+    free(c->error);
+    /* libpq messages end with a newline; keep the text only. */
+    size_t n = msg ? strlen(msg) : 0;
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) n--;
+    c->error = vg_xmalloc(n + 1);
+    if (n) memcpy(c->error, msg, n);
+    c->error[n] = '\0';
+}
+
+static char **copy_strv(const char *const *v, size_t extra)
+{
+    size_t n = 0;
+    while (v[n]) n++;
+    char **out = vg_xcalloc(n + extra + 1, sizeof *out);
+    for (size_t i = 0; i < n; i++) out[i] = vg_xstrdup(v[i]);
+    return out;
+}
+
+static void free_strv(char **v)
+{
+    if (!v) return;
+    for (size_t i = 0; v[i]; i++) free(v[i]);
+    free(v);
+}
+
+static const char *param(const vg_pgconn_t *c, const char *key)
+{
+    for (size_t i = 0; c->keys[i]; i++)
+        if (strcmp(c->keys[i], key) == 0) return c->vals[i];
+    return NULL;
+}
+
+static void maybe_free(vg_pgconn_t *c)
+{
+    if (!c->freeing || c->handles_open > 0) return;
+    free_strv(c->keys);
+    free_strv(c->vals);
+    free(c->error);
+    free(c);
+}
+
+/* ---- the poll handle ----------------------------------------------------- */
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    vg_pgconn_t *c = h->data;
+    free(h);
+    c->handles_open--;
+    maybe_free(c);
+}
+
+static void poll_close(vg_pgconn_t *c)
+{
+    if (!c->poll) return;
+    /* uv_close stops the watcher and removes the fd from epoll right now,
+     * while the socket is still ours. */
+    uv_close((uv_handle_t *)c->poll, on_poll_closed);
+    c->poll = NULL;
+    c->poll_fd = -1;
+    c->poll_events = 0;
+}
+
+static void poll_stop(vg_pgconn_t *c)
+{
+    if (c->poll && c->poll_events) uv_poll_stop(c->poll);
+    c->poll_events = 0;
+}
+
+static void poll_update_ref(vg_pgconn_t *c)
+{
+    if (!c->poll) return;
+    if (c->state == VG_PGCONN_IDLE && !c->keep_loop) uv_unref((uv_handle_t *)c->poll);
+    else uv_ref((uv_handle_t *)c->poll);
+}
+
+/* Watch fd for events (0: stop). A different fd needs a new handle: libuv
+ * binds a poll handle to one fd, and libpq may switch sockets while it
+ * connects (several addresses, SSL retries). The old handle is closed
+ * before the new one starts, so one socket never has two poll handles. */
+static int poll_set(vg_pgconn_t *c, int fd, int events)
+{
+    if (c->poll && c->poll_fd != fd) poll_close(c);
+    if (events == 0 || fd < 0) {
+        poll_stop(c);
+        return 0;
+    }
+    if (!c->poll) {
+        uv_poll_t *p = vg_xmalloc(sizeof *p);
+        int rc = uv_poll_init_socket(c->loop, p, fd);
+        if (rc != 0) {
+            free(p);
+            return rc;
+        }
+        p->data = c;
+        c->poll = p;
+        c->poll_fd = fd;
+        c->handles_open++;
+    }
+    if (c->poll_events != events) {
+        int rc = uv_poll_start(c->poll, events, on_poll);
+        if (rc != 0) return rc;
+        c->poll_events = events;
+    }
+    poll_update_ref(c);
+    return 0;
+}
+
+void vg_pgconn_keep_loop(vg_pgconn_t *c, bool keep)
+{
+    c->keep_loop = keep;
+    poll_update_ref(c);
+}
+
+/* ---- notices and notifications ------------------------------------------ */
+
+/* Notices, and errors the server sends while no query runs (typically the
+ * FATAL "terminating connection due to administrator command" right before
+ * it closes the socket). libpq would print them on stderr. */
+static void on_notice(void *arg, const PGresult *res)
+{
+    vg_pgconn_t *c = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (!sev) sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0)) {
+        c->fatal_seen = true;
+        set_error(c, msg ? msg : "the server closed the connection");
+    }
+    vg_log(VG_LOG_DEBUG, "db_notice", VG_F_STR("severity", sev ? sev : "?"),
+           VG_F_STR("sqlstate", state ? state : ""), VG_F_STR("message", msg ? msg : ""),
+           VG_F_END);
+}
+
+static void drain_notifies(vg_pgconn_t *c)
+{
+    PGnotify *n;
+    while (c->pg && (n = PQnotifies(c->pg)) != NULL) {
+        if (c->on_notify) c->on_notify(c, n, c->notify_arg);
+        else PQfreemem(n);
+    }
+}
+
+void vg_pgconn_set_notify(vg_pgconn_t *c, vg_pgconn_notify_fn fn, void *arg)
+{
+    c->on_notify = fn;
+    c->notify_arg = arg;
+}
+
+/* ---- connecting ---------------------------------------------------------- */
+
+static void emit(vg_pgconn_t *c, vg_pgconn_event_t ev)
+{
+    if (c->on_event) c->on_event(c, ev, c->event_arg);
+}
+
+static void connect_failed(vg_pgconn_t *c, const char *msg)
+{
+    set_error(c, msg);
+    c->state = VG_PGCONN_BROKEN;
+    uv_timer_stop(&c->timer);
+    poll_stop(c);
+    emit(c, VG_PGCONN_EV_CONNECT_FAILED);
+}
+
+/* Report a failure found while starting: from a zero timer, so the owner is
+ * never called back from inside vg_pgconn_connect(). */
+static void connect_failed_later(vg_pgconn_t *c, const char *msg)
+{
+    set_error(c, msg);
+    c->state = VG_PGCONN_CONNECTING;
+    c->fail_pending = true;
+    uv_timer_start(&c->timer, on_timer, 0, 0);
+}
+
+static void connected(vg_pgconn_t *c)
+{
+    uv_timer_stop(&c->timer);
+    if (PQsetnonblocking(c->pg, 1) != 0) {
+        connect_failed(c, PQerrorMessage(c->pg));
+        return;
+    }
+    c->state = VG_PGCONN_IDLE;
+    c->last_used_ms = uv_now(c->loop);
+    if (poll_set(c, PQsocket(c->pg), UV_READABLE) != 0) {
+        connect_failed(c, "could not watch the connection's socket");
+        return;
+    }
+    emit(c, VG_PGCONN_EV_CONNECTED);
+}
+
+/* One step of PQconnectPoll. Polling is stopped around the call because
+ * libpq may close the socket and open another one inside it. */
+static void connect_step(vg_pgconn_t *c)
+{
+    poll_stop(c);
+    PostgresPollingStatusType st = PQconnectPoll(c->pg);
+    int fd = PQsocket(c->pg);
+    switch (st) {
+    case PGRES_POLLING_READING:
+    case PGRES_POLLING_WRITING:
+        if (poll_set(c, fd, st == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE) != 0)
+            connect_failed(c, "could not watch the connection's socket");
+        break;
+    case PGRES_POLLING_OK:
+        connected(c);
+        break;
+    default:
+        connect_failed(c, PQerrorMessage(c->pg));
+        break;
+    }
+}
+
+static void start_libpq(vg_pgconn_t *c, const char *host_list, const char *addr_list)
+{
+    size_t n = 0;
+    while (c->keys[n]) n++;
+    const char **keys = vg_xcalloc(n + 3, sizeof *keys);
+    const char **vals = vg_xcalloc(n + 3, sizeof *vals);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (addr_list && strcmp(c->keys[i], "host") == 0) continue;
+        keys[k] = c->keys[i];
+        vals[k++] = c->vals[i];
+    }
+    if (addr_list) {
+        keys[k] = "host";
+        vals[k++] = host_list;
+        keys[k] = "hostaddr";
+        vals[k++] = addr_list;
+    }
+    c->pg = PQconnectStartParams(keys, vals, 0);
+    free(keys);
+    free(vals);
+    if (!c->pg) {
+        connect_failed(c, "out of memory");
+        return;
+    }
+    PQsetNoticeReceiver(c->pg, on_notice, c);
+    if (PQstatus(c->pg) == CONNECTION_BAD) {
+        connect_failed(c, PQerrorMessage(c->pg));
+        return;
+    }
+    c->state = VG_PGCONN_CONNECTING;
+    /* As the libpq manual says: start as if PQconnectPoll asked for write. */
+    if (poll_set(c, PQsocket(c->pg), UV_WRITABLE) != 0)
+        connect_failed(c, "could not watch the connection's socket");
+}
+
+/* Numeric addresses and socket paths need no lookup; neither does a host
+ * list (libpq resolves those itself) or an explicit hostaddr. */
+static bool needs_lookup(const vg_pgconn_t *c, const char *host)
+{
+    if (!host || !*host || host[0] == '/' || host[0] == '@') return false;
+    if (strchr(host, ',')) return false;
+    const char *ha = param(c, "hostaddr");
+    if (ha && *ha) return false;
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) != 1 && inet_pton(AF_INET6, host, buf) != 1;
+}
+
+/* The host name was looked up in libuv's thread pool (getaddrinfo blocks);
+ * hand libpq the addresses through hostaddr, one per address, so it tries
+ * each as it would have. */
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    vg_pgconn_t *c = req->data;
+    c->gai_pending = false;
+    c->handles_open--;
+    if (c->state != VG_PGCONN_RESOLVING) { /* closed or timed out meanwhile */
+        if (res) uv_freeaddrinfo(res);
+        maybe_free(c);
+        return;
+    }
+    const char *host = param(c, "host");
+    if (status != 0) {
+        vg_buf_t b = VG_BUF_INIT;
+        vg_buf_printf(&b, "could not translate host name \"%s\" to address: %s", host,
+                      uv_strerror(status));
+        connect_failed(c, b.data);
+        vg_buf_free(&b);
+        return;
+    }
+    vg_buf_t hosts = VG_BUF_INIT, addrs = VG_BUF_INIT;
+    int count = 0;
+    for (struct addrinfo *ai = res; ai && count < MAX_ADDRS; ai = ai->ai_next) {
+        char ip[INET6_ADDRSTRLEN];
+        if (uv_ip_name(ai->ai_addr, ip, sizeof ip) != 0) continue;
+        if (addrs.len && strstr(addrs.data, ip)) continue; /* duplicates (per protocol) */
+        if (count++) {
+            vg_buf_addc(&hosts, ',');
+            vg_buf_addc(&addrs, ',');
+        }
+        vg_buf_adds(&hosts, host);
+        vg_buf_adds(&addrs, ip);
+    }
+    uv_freeaddrinfo(res);
+    if (count == 0) {
+        vg_buf_t b = VG_BUF_INIT;
+        vg_buf_printf(&b, "could not translate host name \"%s\" to address: no addresses", host);
+        connect_failed(c, b.data);
+        vg_buf_free(&b);
+    } else {
+        start_libpq(c, hosts.data, addrs.data);
+    }
+    vg_buf_free(&hosts);
+    vg_buf_free(&addrs);
+}
+
+static void on_timer(uv_timer_t *h)
+{
+    vg_pgconn_t *c = h->data;
+    if (c->state != VG_PGCONN_RESOLVING && c->state != VG_PGCONN_CONNECTING) return;
+    if (c->fail_pending) { /* a failure found at start */
+        c->fail_pending = false;
+        c->state = VG_PGCONN_BROKEN;
+        emit(c, VG_PGCONN_EV_CONNECT_FAILED);
+        return;
+    }
+    if (c->gai_pending) uv_cancel((uv_req_t *)&c->gai);
+    c->state = VG_PGCONN_BROKEN; /* on_resolved ignores a late answer */
+    connect_failed(c, "timeout expired while connecting");
+}
+
+vg_pgconn_t *vg_pgconn_connect(uv_loop_t *loop, const vg_pgconn_params_t *p,
+                               vg_pgconn_event_fn on_event, void *arg)
+{
+    vg_pgconn_t *c = vg_xcalloc(1, sizeof *c);
+    c->loop = loop;
+    c->poll_fd = -1;
+    c->keys = copy_strv(p->keys, 0);
+    c->vals = copy_strv(p->vals, 0);
+    c->on_event = on_event;
+    c->event_arg = arg;
+    c->state = VG_PGCONN_RESOLVING;
+    uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
+    c->handles_open++;
+    double ms = p->timeout_s > 0 ? p->timeout_s * 1000.0 : 0;
+    if (ms > 0) uv_timer_start(&c->timer, on_timer, (uint64_t)(ms < 1 ? 1 : ms), 0);
+
+    const char *host = param(c, "host");
+    if (needs_lookup(c, host)) {
+        struct addrinfo hints;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        c->gai.data = c;
+        int rc = uv_getaddrinfo(loop, &c->gai, on_resolved, host, NULL, &hints);
+        if (rc == 0) {
+            c->gai_pending = true;
+            c->handles_open++;
+            return c;
+        }
+        vg_buf_t b = VG_BUF_INIT;
+        vg_buf_printf(&b, "could not translate host name \"%s\" to address: %s", host,
+                      uv_strerror(rc));
+        connect_failed_later(c, b.data);
+        vg_buf_free(&b);
+        return c;
+    }
+    /* Failures inside start_libpq must not call the owner back from here. */
+    c->on_event = NULL;
+    start_libpq(c, NULL, NULL);
+    c->on_event = on_event;
+    if (c->state == VG_PGCONN_BROKEN) {
+        char *why = vg_xstrdup(c->error);
+        poll_close(c); /* before PQfinish closes the socket */
+        if (c->pg) {
+            PQfinish(c->pg);
+            c->pg = NULL;
+        }
+        connect_failed_later(c, why);
+        free(why);
+    }
+    return c;
+}
+
+/* ---- idle ------------------------------------------------------------------ */
+
+static void went_broken(vg_pgconn_t *c, const char *msg)
+{
+    if (!c->fatal_seen || !c->error) set_error(c, msg);
+    c->state = VG_PGCONN_BROKEN;
+    poll_stop(c);
+}
+
+/* Read what the socket holds: notifications, or the end of the connection. */
+static bool idle_read(vg_pgconn_t *c)
+{
+    if (!PQconsumeInput(c->pg)) {
+        went_broken(c, PQerrorMessage(c->pg));
+        return false;
+    }
+    drain_notifies(c); /* also parses the input: FATAL messages reach on_notice */
+    if (c->fatal_seen || PQstatus(c->pg) == CONNECTION_BAD) {
+        went_broken(c, PQerrorMessage(c->pg));
+        return false;
+    }
+    return true;
+}
+
+bool vg_pgconn_check(vg_pgconn_t *c)
+{
+    if (c->state != VG_PGCONN_IDLE) return false;
+    /* Twice: the first read may return the server's last message, the
+     * second the EOF behind it. Neither blocks. */
+    return idle_read(c) && idle_read(c);
+}
+
+/* ---- queries ---------------------------------------------------------------- */
+
+static void keep_result(vg_pgconn_t *c, PGresult *r)
+{
+    ExecStatusType st = PQresultStatus(r);
+    bool is_error = st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE ||
+                    st == PGRES_NONFATAL_ERROR;
+    if (c->result_is_error) { /* the first error is the one to report */
+        PQclear(r);
+        return;
+    }
+    PQclear(c->result);
+    c->result = r;
+    c->result_is_error = is_error;
+}
+
+static bool result_is_fatal(const PGresult *r)
+{
+    if (!r) return false;
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    return sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
+}
+
+static void finish_query(vg_pgconn_t *c)
+{
+    PGresult *res = c->result;
+    c->result = NULL;
+    c->result_is_error = false;
+    c->flushing = false;
+    c->last_used_ms = uv_now(c->loop);
+    if (PQstatus(c->pg) == CONNECTION_BAD || result_is_fatal(res)) {
+        c->state = VG_PGCONN_IDLE; /* so went_broken keeps the message */
+        went_broken(c, res && PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res)
+                                                           : PQerrorMessage(c->pg));
+    } else {
+        c->state = VG_PGCONN_IDLE;
+        poll_set(c, PQsocket(c->pg), UV_READABLE);
+    }
+    vg_pgconn_done_fn done = c->on_done;
+    void *arg = c->done_arg;
+    c->on_done = NULL;
+    c->done_arg = NULL;
+    if (done) done(c, res, arg);
+    else PQclear(res);
+}
+
+/* COPY is not something a script can drive through this API: give up on
+ * the connection rather than leave it in a state no one can end. Reported
+ * like a lost connection. */
+static void copy_unsupported(vg_pgconn_t *c, PGresult *r)
+{
+    PQclear(r);
+    PQclear(c->result);
+    c->result = NULL;
+    c->result_is_error = false;
+    PGresult *err = PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
+    set_error(c, "COPY is not supported by db.query");
+    c->fatal_seen = true;
+    c->state = VG_PGCONN_BROKEN;
+    poll_close(c); /* before PQfinish closes the socket */
+    PQfinish(c->pg);
+    c->pg = NULL;
+    vg_pgconn_done_fn done = c->on_done;
+    void *arg = c->done_arg;
+    c->on_done = NULL;
+    c->done_arg = NULL;
+    if (done) done(c, err, arg);
+    else PQclear(err);
+}
+
+static void busy_io(vg_pgconn_t *c, int events)
+{
+    if (events & UV_READABLE) {
+        /* A failed read leaves the connection bad; PQgetResult below then
+         * returns libpq's error result without blocking. */
+        (void)PQconsumeInput(c->pg);
+    }
+    if (c->flushing) {
+        int r = PQflush(c->pg);
+        if (r <= 0) c->flushing = false; /* sent, or failed: reading tells */
+    }
+    drain_notifies(c);
+    while (!PQisBusy(c->pg)) {
+        PGresult *r = PQgetResult(c->pg);
+        if (!r) {
+            finish_query(c);
+            return;
+        }
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            copy_unsupported(c, r);
+            return;
+        }
+        keep_result(c, r);
+    }
+    poll_set(c, PQsocket(c->pg), UV_READABLE | (c->flushing ? UV_WRITABLE : 0));
+}
+
+int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *types,
+                   const char *const *values, const int *lengths, const int *formats,
+                   vg_pgconn_done_fn done, void *arg)
+{
+    if (c->state != VG_PGCONN_IDLE || !c->pg) {
+        if (c->state != VG_PGCONN_BROKEN || !c->error)
+            set_error(c, c->state == VG_PGCONN_BUSY ? "another query is in flight on this "
+                                                      "connection"
+                                                    : "the connection is not open");
+        return -1;
+    }
+    int ok = nparams < 0 ? PQsendQuery(c->pg, sql)
+                         : PQsendQueryParams(c->pg, sql, nparams, types, values, lengths,
+                                             formats, 0);
+    if (!ok) {
+        set_error(c, PQerrorMessage(c->pg));
+        if (PQstatus(c->pg) == CONNECTION_BAD) {
+            c->state = VG_PGCONN_BROKEN;
+            poll_stop(c);
+        }
+        return -1;
+    }
+    c->state = VG_PGCONN_BUSY;
+    c->on_done = done;
+    c->done_arg = arg;
+    c->result = NULL;
+    c->result_is_error = false;
+    int r = PQflush(c->pg);
+    c->flushing = r == 1;
+    if (poll_set(c, PQsocket(c->pg), UV_READABLE | (c->flushing ? UV_WRITABLE : 0)) != 0) {
+        /* Cannot happen with a valid socket; treat as lost. */
+        c->on_done = NULL;
+        poll_close(c);
+        PQfinish(c->pg);
+        c->pg = NULL;
+        c->state = VG_PGCONN_BROKEN;
+        set_error(c, "could not watch the connection's socket");
+        return -1;
+    }
+    return 0;
+}
+
+void vg_pgconn_set_done(vg_pgconn_t *c, vg_pgconn_done_fn done, void *arg)
+{
+    c->on_done = done;
+    c->done_arg = arg;
+}
+
+/* ---- the poll callback: the one place socket events enter --------------- */
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    vg_pgconn_t *c = h->data;
+    if (status < 0) events = UV_READABLE | UV_WRITABLE; /* let libpq find the error */
+    switch (c->state) {
+    case VG_PGCONN_CONNECTING:
+        connect_step(c);
+        break;
+    case VG_PGCONN_IDLE:
+        if (!idle_read(c)) emit(c, VG_PGCONN_EV_BROKEN);
+        break;
+    case VG_PGCONN_BUSY:
+        busy_io(c, events);
+        break;
+    default:
+        poll_stop(c);
+        break;
+    }
+}
+
+/* ---- cancel ---------------------------------------------------------------- */
+
+typedef struct {
+    uv_work_t work;
+    PGcancel *cancel;
+    void (*done)(void *arg);
+    void *arg;
+    int ok;
+    char err[256];
+} cancel_req_t;
+
+static void cancel_work(uv_work_t *w)
+{
+    cancel_req_t *r = w->data;
+    r->ok = PQcancel(r->cancel, r->err, sizeof r->err);
+}
+
+static void cancel_after(uv_work_t *w, int status)
+{
+    cancel_req_t *r = w->data;
+    PQfreeCancel(r->cancel);
+    if (status == 0 && !r->ok)
+        vg_log(VG_LOG_DEBUG, "db_cancel_failed", VG_F_STR("error", r->err), VG_F_END);
+    if (r->done) r->done(r->arg);
+    free(r);
+}
+
+int vg_pgconn_cancel(vg_pgconn_t *c, void (*done)(void *arg), void *arg)
+{
+    if (!c->pg || c->state != VG_PGCONN_BUSY) return -1;
+    PGcancel *pc = PQgetCancel(c->pg);
+    if (!pc) return -1;
+    cancel_req_t *r = vg_xcalloc(1, sizeof *r);
+    r->cancel = pc;
+    r->done = done;
+    r->arg = arg;
+    r->work.data = r;
+    if (uv_queue_work(c->loop, &r->work, cancel_work, cancel_after) != 0) {
+        PQfreeCancel(pc);
+        free(r);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- closing ---------------------------------------------------------------- */
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    vg_pgconn_t *c = h->data;
+    c->handles_open--;
+    maybe_free(c);
+}
+
+void vg_pgconn_close(vg_pgconn_t *c)
+{
+    if (c->state == VG_PGCONN_CLOSED) return;
+    bool was_busy = c->state == VG_PGCONN_BUSY;
+    c->state = VG_PGCONN_CLOSED;
+    if (c->gai_pending) uv_cancel((uv_req_t *)&c->gai);
+    uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+    poll_close(c); /* before PQfinish closes the socket */
+    if (c->pg) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+    PQclear(c->result);
+    c->result = NULL;
+    if (!c->error) set_error(c, "the connection was closed");
+    vg_pgconn_done_fn done = c->on_done;
+    void *arg = c->done_arg;
+    c->on_done = NULL;
+    if (was_busy && done) done(c, NULL, arg);
+}
+
+void vg_pgconn_free(vg_pgconn_t *c)
+{
+    if (!c) return;
+    vg_pgconn_close(c);
+    c->freeing = true;
+    maybe_free(c);
+}
+
+/* ---- accessors -------------------------------------------------------------- */
+
+const char *vg_pgconn_error(const vg_pgconn_t *c)
+{
+    return c->error ? c->error : "no error";
+}
+
+int vg_pgconn_pid(const vg_pgconn_t *c)
+{
+    return c->pg && c->state != VG_PGCONN_CONNECTING && c->state != VG_PGCONN_RESOLVING
+               ? PQbackendPID(c->pg)
+               : 0;
+}
+
+PGTransactionStatusType vg_pgconn_tx_status(const vg_pgconn_t *c)
+{
+    return c->pg ? PQtransactionStatus(c->pg) : PQTRANS_UNKNOWN;
+}
+
+/* ---- messages for people ------------------------------------------------------ */
+
+/* Copy the text between the first pair of double quotes after key. */
+static void quoted_after(const char *msg, const char *key, char *out, size_t size)
+{
+    out[0] = '\0';
+    const char *p = strstr(msg, key);
+    if (!p) return;
+    const char *q = strchr(p, '"');
+    if (!q) return;
+    const char *e = strchr(q + 1, '"');
+    if (!e) return;
+    size_t n = (size_t)(e - q - 1);
+    if (n >= size) n = size - 1;
+    memcpy(out, q + 1, n);
+    out[n] = '\0';
+}
+
+const char *vg_pgconn_explain(const char *msg, char *buf, size_t size, const char **kind)
+{
+    char name[128], first[256];
+    const char *k = "other";
+    if (!msg) msg = "";
+    size_t fl = strcspn(msg, "\n");
+    if (fl >= sizeof first) fl = sizeof first - 1;
+    memcpy(first, msg, fl);
+    first[fl] = '\0';
+    if (strstr(msg, "password authentication failed")) {
+        quoted_after(msg, "for user", name, sizeof name);
+        snprintf(buf, size, "wrong password for user \"%s\": check the password in DATABASE_URL",
+                 name);
+        k = "auth";
+    } else if (strstr(msg, "no password supplied")) {
+        snprintf(buf, size, "the server asks for a password and DATABASE_URL has none");
+        k = "auth";
+    } else if (strstr(msg, "pg_hba.conf")) {
+        snprintf(buf, size, "the server does not accept this client (no pg_hba.conf entry for "
+                            "this host, user, database or SSL mode)");
+        k = "auth";
+    } else if (strstr(msg, "database \"") && strstr(msg, "does not exist")) {
+        quoted_after(msg, "database", name, sizeof name);
+        snprintf(buf, size, "database \"%s\" does not exist on the server: check the database "
+                            "name in DATABASE_URL", name);
+        k = "no_database";
+    } else if (strstr(msg, "role \"") && strstr(msg, "does not exist")) {
+        quoted_after(msg, "role", name, sizeof name);
+        snprintf(buf, size, "user \"%s\" does not exist on the server: check the user name in "
+                            "DATABASE_URL", name);
+        k = "no_role";
+    } else if (strstr(msg, "Connection refused") ||
+               (strstr(msg, "No such file or directory") && strstr(msg, "socket"))) {
+        snprintf(buf, size, "connection refused: nothing listens at that address (is "
+                            "PostgreSQL running, and are host and port right?)");
+        k = "refused";
+    } else if (strstr(msg, "could not translate host name") ||
+               strstr(msg, "Name or service not known")) {
+        quoted_after(msg, "host name", name, sizeof name);
+        snprintf(buf, size, "unknown host \"%s\": the name does not resolve (check the host in "
+                            "DATABASE_URL)", name);
+        k = "unknown_host";
+    } else if (strstr(msg, "timeout expired") || strstr(msg, "timed out")) {
+        snprintf(buf, size, "no answer from the server within the connect timeout (wrong host, "
+                            "firewall, or the server is overloaded)");
+        k = "timeout";
+    } else if (strstr(msg, "invalid connection option") || strstr(msg, "invalid URI") ||
+               strstr(msg, "invalid integer value") || strstr(msg, "invalid port") ||
+               strstr(msg, "missing \"=\"") || strstr(msg, "unterminated quoted string") ||
+               strstr(msg, "invalid percent-encoded") || strstr(msg, "invalid sslmode") ||
+               strstr(msg, "invalid value for parameter")) {
+        snprintf(buf, size, "DATABASE_URL is not valid: %s", first);
+        k = "bad_url";
+    } else if (strstr(msg, "starting up") || strstr(msg, "shutting down") ||
+               strstr(msg, "in recovery mode") || strstr(msg, "not yet accepting")) {
+        snprintf(buf, size, "the database server is starting up or shutting down");
+        k = "starting_up";
+    } else if (strstr(msg, "too many connections") || strstr(msg, "connection slots")) {
+        snprintf(buf, size, "the server has no free connection slots (max_connections "
+                            "reached)");
+        k = "too_many";
+    } else {
+        snprintf(buf, size, "%s", first); /* libpq's own message, first line only */
+    }
+    if (kind) *kind = k;
+    return buf;
+}
+
+bool vg_pg_sqlstate_retriable(const char *s)
+{
+    if (!s || strlen(s) != 5) return false;
+    return strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0 || strncmp(s, "08", 2) == 0 ||
+           strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 ||
+           strcmp(s, "53300") == 0;
+}
