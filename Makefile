@@ -69,7 +69,7 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/vg-host
 	install -m 755 $(BUILD)/vg-host $(DESTDIR)$(PREFIX)/bin/vg-host
 	cp -R lua $(DESTDIR)$(PREFIX)/share/vg-host/
-	if [ -d sql ]; then cp -R sql $(DESTDIR)$(PREFIX)/share/vg-host/; fi
+	cp -R sql scripts $(DESTDIR)$(PREFIX)/share/vg-host/
 
 clean:
 	rm -rf build build-asan

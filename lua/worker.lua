@@ -19,7 +19,7 @@ worker.run {
       os.exit(1)
     end
     if not ready then return end -- shutdown came first
-    c = consumer.new(state.config)
+    c = consumer.new(state.config, require("vg.steps").options(state.config))
     c:start()
   end,
   body = function() c:step() end,

@@ -491,6 +491,11 @@ describe_db("video pipeline", function()
   end)
 
   it("resumes after the worker is killed between steps without redoing finished ones", function()
+    -- This runs the real lua/worker.lua: it must wire the video pipeline in.
+    local ok, shipped = pcall(require, "pipelines")
+    assert(ok and type(shipped) == "table" and shipped.video, "lua/pipelines.lua has no video pipeline")
+    assert(read(host.root .. "/lua/worker.lua"):find("vg.steps", 1, true),
+           "lua/worker.lua does not pass require('vg.steps').options(cfg) to consumer.new")
     channel("pv-kill", false, CREDENTIALS)
     local id = enqueue("pv-kill")
     local function worker_env(name, extra)
