@@ -6,6 +6,8 @@
 --
 -- Prints the new task id. Enqueueing is a plain INSERT, so any service can
 -- do the same with SQL; a trigger wakes the listening workers.
+-- stdout carries the result; log lines go to stderr.
+require("vg.log").to_stderr()
 local db = require "vg.db"
 local config = require "vg.config"
 local cjson = require "cjson"

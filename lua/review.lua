@@ -13,6 +13,8 @@
 --
 -- Exit codes: 0 done; 1 the task does not exist or is not awaiting review
 -- (or the database failed); 2 usage error.
+-- stdout carries the result; log lines go to stderr.
+require("vg.log").to_stderr()
 local db = require "vg.db"
 local config = require "vg.config"
 local cjson = require "cjson"

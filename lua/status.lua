@@ -1,6 +1,8 @@
 -- vg-host lua/status.lua [--json]: the queue at a glance: tasks by status,
 -- priority and channel, the oldest pending task, workers and their last
 -- heartbeat, recent failures, and costs per channel and per video.
+-- stdout carries the result; log lines go to stderr.
+require("vg.log").to_stderr()
 local db = require "vg.db"
 local config = require "vg.config"
 local cjson = require "cjson"

@@ -8,6 +8,8 @@
  *   log.clear_context(key, ...)         unbind them
  *   log.get_context()                   a copy of the task's context
  *   log.enabled(level)
+ *   log.to_stderr()                     send lines to stderr (admin commands
+ *                                       whose stdout is their result)
  */
 #include <lauxlib.h>
 #include <string.h>
@@ -210,7 +212,15 @@ static int l_log_enabled(lua_State *L)
     return 1;
 }
 
+/* log.to_stderr(): for admin commands whose stdout carries their result. */
+static int l_log_to_stderr(lua_State *L)
+{
+    vg_log_set_fd(2);
+    return 0;
+}
+
 static const luaL_Reg log_funcs[] = {
+    {"to_stderr", l_log_to_stderr},
     {"debug", l_log_debug},
     {"info", l_log_info},
     {"warning", l_log_warning},

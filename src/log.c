@@ -17,6 +17,7 @@ static vg_log_format_t format = VG_LOG_JSON;
 static char *worker_id;
 static const char *context; /* owned by the running task */
 static vg_buf_t line = VG_BUF_INIT;
+static int out_fd = STDOUT_FILENO;
 
 static const char *const level_names[] = {"debug", "info", "warning", "error", "critical"};
 
@@ -51,10 +52,12 @@ int vg_log_parse_level(const char *s, vg_log_level_t *out)
 
 void vg_log_set_context(const char *fragment) { context = fragment; }
 
+void vg_log_set_fd(int fd) { out_fd = fd; }
+
 static void write_all(const char *p, size_t n)
 {
     while (n > 0) {
-        ssize_t w = write(STDOUT_FILENO, p, n);
+        ssize_t w = write(out_fd, p, n);
         if (w > 0) {
             p += w;
             n -= (size_t)w;
@@ -62,7 +65,7 @@ static void write_all(const char *p, size_t n)
             continue;
         } else if (w < 0 && errno == EAGAIN) {
             /* stdout was made non-blocking by someone else: wait briefly. */
-            struct pollfd pfd = {.fd = STDOUT_FILENO, .events = POLLOUT};
+            struct pollfd pfd = {.fd = out_fd, .events = POLLOUT};
             (void)poll(&pfd, 1, 1000);
         } else {
             return; /* stdout closed (EPIPE etc.): nothing else to do */

@@ -34,6 +34,9 @@ const char *vg_log_level_name(vg_log_level_t level);
  * members, each preceded by a comma (e.g. ,"correlation_id":"42"), or
  * NULL. The scheduler sets it whenever it switches task. */
 void vg_log_set_context(const char *fragment);
+/* Where lines go: stdout by default; admin commands whose stdout is their
+ * result send the log to stderr. */
+void vg_log_set_fd(int fd);
 
 /* Log with typed fields: vg_log(VG_LOG_INFO, "db_connected",
  *     VG_F_STR("host", h), VG_F_INT("port", 5432), VG_F_END); */
