@@ -704,9 +704,11 @@ vg_pgpool_t *vg_pgpool_new(uv_loop_t *loop, const vg_pgpool_cfg_t *cfg, char **e
      * and a name in pg_stat_activity. */
     params_t pp = {NULL, NULL, 0, 0};
     const char *ours = "-c DateStyle=ISO,YMD -c TimeZone=UTC";
-    bool has_app = false, has_enc = false, has_opts = false;
+    bool has_app = false, has_enc = false, has_opts = false, has_keepalive = false;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
         if (!o->val) continue;
+        if (strncmp(o->keyword, "keepalives", 10) == 0 || strcmp(o->keyword, "tcp_user_timeout") == 0)
+            has_keepalive = true;
         if (strcmp(o->keyword, "application_name") == 0) {
             has_app = true;
             if (p->app_name) continue;
@@ -727,6 +729,17 @@ vg_pgpool_t *vg_pgpool_new(uv_loop_t *loop, const vg_pgpool_cfg_t *cfg, char **e
     else if (!has_app) add_param(&pp, "fallback_application_name", "vg-host");
     if (!has_enc) add_param(&pp, "client_encoding", "UTF8");
     if (!has_opts) add_param(&pp, "options", ours);
+    if (!has_keepalive) {
+        /* A connection whose peer vanished without a word (a network cut,
+         * a host that died) errors out within about half a minute instead
+         * of hanging: this is how the LISTEN connection notices it died
+         * silently, and it costs no statement. */
+        add_param(&pp, "keepalives", "1");
+        add_param(&pp, "keepalives_idle", "10");
+        add_param(&pp, "keepalives_interval", "5");
+        add_param(&pp, "keepalives_count", "3");
+        add_param(&pp, "tcp_user_timeout", "30000");
+    }
     p->keys = pp.keys;
     p->vals = pp.vals;
 
