@@ -179,30 +179,35 @@ function Consumer:spawn_runner(task)
   end)
 end
 
--- Run the rescue statement when it is due: every RESCUE_INTERVAL while
--- tasks are in flight anywhere, else every poll interval.
-function Consumer:maybe_rescue()
-  local now = vg.now()
-  if now < self.next_rescue then return end
-  local in_flight, rescued = self.queue:rescue()
+-- The maintenance statement: rescue orphaned tasks, count the tasks in
+-- flight, and learn when the next queued task is due. Returns that.
+function Consumer:rescue()
+  local in_flight, rescued, due = self.queue:rescue()
   self.in_flight_seen = in_flight
-  self.next_rescue = now + (in_flight > 0 and M.RESCUE_INTERVAL or self.poll_interval)
+  self.next_rescue = vg.now() + (in_flight > 0 and M.RESCUE_INTERVAL or self.poll_interval)
   if #rescued > 0 then self.claim_now = true end
+  return due
+end
+
+-- While claims keep succeeding the worker never waits, so the rescue runs
+-- from here every RESCUE_INTERVAL.
+function Consumer:maybe_rescue()
+  if vg.now() >= self.next_rescue then self:rescue() end
 end
 
 -- Wait until there may be work: a notification, the next due task, a
--- rescue check, or the poll interval.
+-- rescue check, or the poll interval. One statement per wait.
 function Consumer:wait_for_work()
+  local due = self:rescue()
+  if self.claim_now then return end
   local timeout = self.poll_interval
-  local due = self.queue:next_due()
   if due and due <= 0 then
     -- Due tasks exist but were locked by other claimers: look again soon.
     timeout = 0.05
   elseif due then
     timeout = math.min(timeout, due)
   end
-  local until_rescue = self.next_rescue - vg.now()
-  timeout = math.max(0, math.min(timeout, until_rescue))
+  timeout = math.max(0, math.min(timeout, self.next_rescue - vg.now()))
   local note = db.wait_notification(timeout)
   if note then
     self.claim_now = true

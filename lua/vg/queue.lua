@@ -119,7 +119,9 @@ RETURNING id]]
 -- when their attempts are used up. Not in the first 15 s after a server
 -- start, when every worker's lock was lost at once and they are still
 -- reconnecting. Also reports how many tasks are in flight, so the caller
--- can check more often while there are some.
+-- can check more often while there are some, and when the next queued task
+-- is due, so an idle worker sends this one statement per poll and nothing
+-- else.
 M.RESCUE_SQL = [[
 WITH inst AS (
     SELECT DISTINCT claimed_instance AS instance
@@ -157,7 +159,9 @@ rescued AS (
  RETURNING t.id, t.status, t.claimed_by, t.claimed_instance
 )
 SELECT (SELECT count(*) FROM tasks WHERE status IN ('claimed', 'processing'))::int AS in_flight,
-       (SELECT coalesce(json_agg(r), '[]'::json) FROM rescued r) AS rescued]]
+       (SELECT coalesce(json_agg(r), '[]'::json) FROM rescued r) AS rescued,
+       (SELECT extract(epoch FROM min(run_at) - now())::float8
+          FROM tasks WHERE status IN ('pending', 'retry', 'approved')) AS next_due]]
 
 M.COMPLETED_STEPS_SQL = [[
 SELECT step, output FROM task_steps WHERE task_id = $1 AND status = 'completed']]
@@ -257,7 +261,8 @@ function Queue:release(task)
   return held(db.query(M.RELEASE_SQL, task.id, task.lease_token, self.worker_id))
 end
 
--- Returns in_flight (all workers), and the list of rescued tasks.
+-- Returns in_flight (all workers), the list of rescued tasks, and the
+-- seconds until the next queued task is due (nil: none queued).
 function Queue:rescue()
   local row = db.query(M.RESCUE_SQL, self.instance)[1]
   local rescued = row.rescued
@@ -266,7 +271,9 @@ function Queue:rescue()
     log.warning("task_rescued", { task_id = r.id, status = r.status,
       previous_worker = r.claimed_by, previous_instance = r.claimed_instance })
   end
-  return row.in_flight, rescued
+  local due = row.next_due
+  if due == db.null then due = nil end
+  return row.in_flight, rescued, due
 end
 
 function Queue:completed_steps(task)
