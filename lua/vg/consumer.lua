@@ -218,7 +218,34 @@ function Consumer:wait_for_work()
   end
 end
 
+-- Claim up to n tasks with n concurrent one-task claims (each its own
+-- short transaction). Returns the tasks claimed; raises only when every
+-- claim failed.
+function Consumer:claim_concurrently(n)
+  if n == 1 then return self.queue:claim(1) end
+  local claims = {}
+  for i = 1, n do claims[i] = vg.spawn(self.queue.claim, self.queue, 1) end
+  local tasks, first_err = {}, nil
+  for i = 1, n do
+    local ok, rows = pcall(claims[i].join, claims[i])
+    if ok then
+      for _, t in ipairs(rows) do tasks[#tasks + 1] = t end
+    else
+      first_err = first_err or rows
+    end
+  end
+  if #tasks == 0 and first_err then error(first_err, 0) end
+  if first_err then log.warning("claim_failed", { error = err_text(first_err) }) end
+  return tasks
+end
+
 -- One iteration of the worker loop.
+--
+-- Claims widen while they keep finding work: one claim at first, then
+-- twice as many concurrent claims each round (up to the free slots) while
+-- every claim returns a task, back to one as soon as one comes back empty.
+-- A lone new task costs one statement; a backlog fills every slot quickly.
+-- With VG_BATCH one statement claims as many tasks as there are free slots.
 function Consumer:step()
   if self.n_running >= self.concurrency then
     self.slot_free:clear()
@@ -229,7 +256,14 @@ function Consumer:step()
   if vg.shutdown_requested() then return end
   if self.claim_now then
     local free = self.concurrency - self.n_running
-    local tasks = self.queue:claim(self.batch and free or 1)
+    local tasks
+    if self.batch then
+      tasks = self.queue:claim(free)
+    else
+      local width = math.min(free, self.claim_width or 1)
+      tasks = self:claim_concurrently(width)
+      self.claim_width = #tasks == width and width * 2 or 1
+    end
     for _, t in ipairs(tasks) do self:spawn_runner(t) end
     if #tasks > 0 then return end
     self.claim_now = false

@@ -16,10 +16,16 @@ WITH due AS MATERIALIZED (
       FROM channels c
      CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS r (rank)
      CROSS JOIN LATERAL (
+           -- The ORDER BY (the claimable index's own order) pins this to
+           -- one descent of tasks_claimable_idx: without it, once the table
+           -- is analysed with many due rows, the planner prefers scanning
+           -- "until the first match" (the table, or the run_at index), which
+           -- reads every row for each priority that has no due task.
            SELECT 1 FROM tasks t
             WHERE t.channel_id = c.id AND t.priority_rank = r.rank
               AND t.status IN ('pending', 'retry', 'approved')
               AND t.run_at <= now()
+            ORDER BY t.channel_id, t.priority_rank, t.run_at, t.id
             LIMIT 1) AS has_due
      ORDER BY r.rank, c.last_claimed_at NULLS FIRST, c.id
 ),

@@ -1,0 +1,172 @@
+-- bench/report.lua: the benchmark's table (markdown) and notes, made from
+-- the driver's results; no I/O. Targets are those of issue 6; "met" and
+-- "missed" are information, never assertions.
+local M = {}
+
+local function fmt(v, digits)
+  if v == nil then return "n/a" end
+  if math.type(v) == "integer" then return tostring(v) end
+  return string.format("%." .. (digits or 1) .. "f", v)
+end
+
+local function target(targets, name, value, cmp, bound, text)
+  local met
+  if value ~= nil then
+    if cmp == "<=" then met = value <= bound else met = value >= bound end
+  end
+  targets[#targets + 1] = { measure = name, value = value, target = text, met = met }
+  if met == nil then return "n/a" end
+  return met and "met" or "**missed**"
+end
+
+local function share(a, b)
+  if not a or not b or b == 0 then return nil end
+  return a / b
+end
+
+local function build_table(results, targets)
+  local rows = {}
+  local function row(...) rows[#rows + 1] = { ... } end
+  local T, R = results.throughput, results.raw
+  local function tput(label, key, rawkey, tgt)
+    local t, r = T[key], R[rawkey]
+    if not t then row(label, "failed", "", "", "", "") return end
+    local sh = share(t.tasks_per_s, r and r.tasks_per_s)
+    local result
+    if tgt == "share" then
+      result = target(targets, label .. " share of raw", sh, ">=", 0.9, ">= 90% of raw")
+    elseif tgt == "batch" then
+      result = target(targets, label, t.tasks_per_s, ">=", 19000, ">= 19,000/s")
+    end
+    local v = fmt(t.tasks_per_s) .. (t.stopped_at_limit and " *" or "")
+    local rv = r and (fmt(r.tasks_per_s) .. (r.stopped_at_limit and " *" or "")) or "n/a"
+    row(label, v, rv, sh and string.format("%.0f%%", sh * 100) or "n/a",
+        tgt == "share" and ">= 90% of raw" or (tgt == "batch" and ">= 19,000/s" or ""), result or "")
+    row("  CPU ms/task: worker / PostgreSQL",
+        fmt(t.worker_cpu_ms_per_task, 3) .. " / " .. fmt(t.pg_cpu_ms_per_task, 3),
+        r and ("- / " .. fmt(r.pg_cpu_ms_per_task, 3)) or "", "", "", "")
+    row("  statements/task", fmt(t.statements_per_task, 2), r and fmt(r.statements_per_task, 2) or "",
+        "", "", "")
+  end
+  tput("throughput 1 worker x 1, tasks/s", "1x1", "single-1", "share")
+  tput("throughput 1 worker x 10, tasks/s", "1x10", "single-10", "share")
+  tput("throughput 2 workers x 10, tasks/s (raw: 10 clients)", "2x10", "single-10", nil)
+  tput("throughput batched 1 worker x 10, tasks/s", "batch-1x10", "batched-10", "batch")
+  local rb1 = R["batched-1"]
+  row("raw only: 10 per claim, 1 client, tasks/s", "", rb1 and fmt(rb1.tasks_per_s) or "n/a", "", "", "")
+
+  local pk = results.pickup
+  if pk then
+    local r1 = target(targets, "pickup p50 ms", pk.p50_ms, "<=", 1, "<= 1 ms")
+    local r2 = target(targets, "pickup p99 ms", pk.p99_ms, "<=", 2, "<= 2 ms")
+    row("pickup p50 / p95 / p99, ms", fmt(pk.p50_ms, 2) .. " / " .. fmt(pk.p95_ms, 2) .. " / " .. fmt(pk.p99_ms, 2),
+        "", "", "p50 <= 1, p99 <= 2", (r1 == "met" and r2 == "met") and "met" or
+        ((r1 == "n/a" or r2 == "n/a") and "n/a" or "**missed**"))
+    row("  enqueue INSERT round trip p50, ms", fmt(pk.enqueue_roundtrip_p50_ms, 2), "", "", "", "")
+    row("  pickup after the enqueuer's COMMIT returned p50 / p95 / p99, ms",
+        fmt(pk.after_commit_p50_ms, 2) .. " / " .. fmt(pk.after_commit_p95_ms, 2) .. " / "
+        .. fmt(pk.after_commit_p99_ms, 2), "", "", "", "")
+  else
+    row("pickup p50 / p95 / p99, ms", "failed", "", "", "", "")
+  end
+  local dl = results.delayed
+  if dl then
+    row("delayed start after run_at p50 / p95 / max, ms",
+        fmt(dl.p50_ms, 1) .. " / " .. fmt(dl.p95_ms, 1) .. " / " .. fmt(dl.max_ms, 1), "", "",
+        "<= 100 ms", target(targets, "delayed max ms", dl.max_ms, "<=", 100, "<= 100 ms"))
+  else
+    row("delayed start after run_at, ms", "failed", "", "", "", "")
+  end
+  local id = results.idle
+  if id then
+    row("idle RSS / peak RSS, MB", fmt(id.rss_kb and id.rss_kb / 1024, 1) .. " / " ..
+        fmt(id.peak_rss_kb and id.peak_rss_kb / 1024, 1), "", "", "<= 6 MB",
+        target(targets, "idle RSS MB", id.rss_kb and id.rss_kb / 1024, "<=", 6, "<= 6 MB"))
+    row("idle CPU s per 30 s", fmt(id.cpu_s_per_30s, 4), "", "", "<= 0.01",
+        target(targets, "idle CPU s/30 s", id.cpu_s_per_30s, "<=", 0.01, "<= 0.01"))
+    row("idle statements/s", fmt(id.statements_per_s, 2), "", "", "<= 0.2",
+        target(targets, "idle statements/s", id.statements_per_s, "<=", 0.2, "<= 0.2"))
+    row("idle server connections", fmt(id.server_connections), "", "", "<= 2",
+        target(targets, "idle connections", id.server_connections, "<=", 2, "<= 2"))
+  else
+    row("idle cost", "failed", "", "", "", "")
+  end
+  local ss = results.startstop
+  if ss then
+    row("start to worker_started, ms", fmt(ss.to_worker_started_ms, 1), "", "", "", "")
+    row("start to database_connected, ms", fmt(ss.to_database_connected_ms, 1), "", "", "", "")
+    local bound = 15 + (ss.db_connect_ms or 0)
+    row("start to ready (first claim), ms", fmt(ss.to_ready_to_claim_ms, 1),
+        "connect " .. fmt(ss.db_connect_ms, 2), "", string.format("<= 15 + connect = %.1f", bound),
+        target(targets, "start to ready ms", ss.to_ready_to_claim_ms, "<=", bound, "<= 15 ms + connect"))
+    row("SIGTERM to exit when idle, ms", fmt(ss.sigterm_to_exit_ms, 1), "", "", "<= 20",
+        target(targets, "SIGTERM to exit ms", ss.sigterm_to_exit_ms, "<=", 20, "<= 20 ms"))
+  else
+    row("start and stop", "failed", "", "", "", "")
+  end
+
+  local head = { "measure", "vg-host", "raw (pgbench)", "share", "target", "result" }
+  local w = {}
+  for i, h in ipairs(head) do w[i] = #h end
+  for _, r in ipairs(rows) do
+    for i = 1, #head do w[i] = math.max(w[i], #(r[i] or "")) end
+  end
+  local out = {}
+  local function line(r)
+    local cells = {}
+    for i = 1, #head do
+      local c = r[i] or ""
+      cells[i] = (i == 1 or i == 5) and (c .. string.rep(" ", w[i] - #c)) or (string.rep(" ", w[i] - #c) .. c)
+    end
+    out[#out + 1] = "| " .. table.concat(cells, " | ") .. " |"
+  end
+  line(head)
+  local sep = {}
+  for i = 1, #head do
+    sep[i] = string.rep("-", w[i] + 1) .. ((i == 1 or i == 5) and "-" or ":")
+  end
+  out[#out + 1] = "|" .. table.concat(sep, "|") .. "|"
+  for _, r in ipairs(rows) do line(r) end
+  return out
+end
+
+-- Lines to print (header, table, notes), the table's lines, the notes, and
+-- the target list for the JSON.
+function M.render(results, P)
+  local targets = {}
+  local tbl = build_table(results, targets)
+  local header = string.format("vg-host benchmarks %s; %d CPU (%s); PostgreSQL %s (fsync %s); "
+    .. "load average at start %s%s", results.date, results.machine.nproc or 0, results.machine.cpu or "?",
+    results.machine.postgres or "?", results.machine.fsync or "?",
+    results.machine.load_average_start or "?", results.smoke and "; SMOKE sizes, figures meaningless" or "")
+  local notes = {
+    string.format("Throughput: %d noop tasks queued over %d channels before each run; runs end when "
+      .. "the queue is empty or after %s s (* = stopped at that limit; rate from the tasks done); "
+      .. "best of %d runs, each worker run right after the pgbench run it is compared with.",
+      P.tasks, P.channels, fmt(P.run_limit, 0), P.repeat_runs),
+    "Rates from database timestamps: completed / (max(completed_at) - min(claimed_at)).",
+  }
+  for _, key in ipairs({ "1x1", "1x10", "2x10", "batch-1x10" }) do
+    local t = results.throughput[key]
+    if t and t.statements then
+      local parts = {}
+      for _, s in ipairs(t.statements) do
+        if s.per_task >= 0.01 then parts[#parts + 1] = string.format("%s %.2f", s.statement, s.per_task) end
+      end
+      notes[#notes + 1] = string.format("Statements per task, %s: %s.", key, table.concat(parts, ", "))
+    end
+  end
+  if results.idle and results.idle.statements then
+    local parts = {}
+    for _, s in ipairs(results.idle.statements) do parts[#parts + 1] = string.format("%s %d", s.statement, s.calls) end
+    notes[#notes + 1] = string.format("Idle statements in %s s: %s.", fmt(results.idle.seconds, 0),
+      #parts > 0 and table.concat(parts, ", ") or "none")
+  end
+  local lines = { header, "" }
+  for _, l in ipairs(tbl) do lines[#lines + 1] = l end
+  lines[#lines + 1] = ""
+  for _, n in ipairs(notes) do lines[#lines + 1] = n end
+  return lines, tbl, notes, targets
+end
+
+return M
