@@ -154,8 +154,6 @@ static int l_config_redacted(lua_State *L)
             lua_pop(L, 1);
             lua_pushstring(L, red);
             free(red);
-        } else if (strcmp(k, "RAILWAY_REPLICA_ID") == 0) {
-            /* not secret, just noise */
         }
         lua_pushvalue(L, -2);
         lua_insert(L, -2);

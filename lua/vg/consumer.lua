@@ -50,16 +50,22 @@ function M.new(cfg, opts)
   return c
 end
 
--- Before the loop: LISTEN, the liveness lock, the workers row.
+-- Before the loop: LISTEN, the liveness lock, the workers row. The LISTEN
+-- connection opens while the pool's connection writes the workers row, so
+-- start-up waits for one connect, not two in a row.
 function Consumer:start()
-  db.listen("vg_tasks", {
+  local listening = vg.spawn(db.listen, "vg_tasks", {
     -- Held by the listen connection's session for the life of the process:
     -- when this process dies its session ends and the lock is released,
     -- which is how other workers know its tasks are orphaned.
     on_connect = { queue.LIVENESS_LOCK_SQL, self.cfg.instance },
   })
-  self.queue:register("running", self:counts(), vg.version)
+  local ok, err = pcall(self.queue.register, self.queue, "running", self:counts(), vg.version)
+  listening:join()
+  if not ok then error(err, 0) end
   self.keeper = vg.spawn(self.keep_leases, self)
+  -- The first claim goes out at once; the first rescue check a little later.
+  self.next_rescue = vg.now() + M.RESCUE_INTERVAL
 end
 
 function Consumer:counts()
@@ -192,13 +198,18 @@ end
 -- While claims keep succeeding the worker never waits, so the rescue runs
 -- from here every RESCUE_INTERVAL.
 function Consumer:maybe_rescue()
-  if vg.now() >= self.next_rescue then self:rescue() end
+  if vg.now() < self.next_rescue then return false end
+  self.last_due = self:rescue()
+  return true
 end
 
 -- Wait until there may be work: a notification, the next due task, a
--- rescue check, or the poll interval. One statement per wait.
-function Consumer:wait_for_work()
-  local due = self:rescue()
+-- rescue check, or the poll interval. One statement per wait (the rescue
+-- statement, which also says when the next task is due), none when the
+-- caller has just run it.
+function Consumer:wait_for_work(just_rescued)
+  local due
+  if just_rescued then due = self.last_due else due = self:rescue() end
   if self.claim_now then return end
   local timeout = self.poll_interval
   if due and due <= 0 then
@@ -252,9 +263,10 @@ function Consumer:step()
     if self.n_running >= self.concurrency then self.slot_free:wait() end
     return
   end
-  self:maybe_rescue()
   if vg.shutdown_requested() then return end
+  local just_rescued = false
   if self.claim_now then
+    just_rescued = self:maybe_rescue()
     local free = self.concurrency - self.n_running
     local tasks
     if self.batch then
@@ -268,7 +280,7 @@ function Consumer:step()
     if #tasks > 0 then return end
     self.claim_now = false
   end
-  self:wait_for_work()
+  self:wait_for_work(just_rescued)
 end
 
 -- After shutdown: wait for the runners (the host cancels them when the
