@@ -1,5 +1,6 @@
--- docs/claim.sql: the proposed queue queries for lua/vg/queue.lua
--- (documentation only; nothing runs this file). Schema: sql/001_init.sql.
+-- docs/claim.sql: the queue queries of lua/vg/queue.lua, explained and
+-- measured (documentation only; nothing runs this file: lua/vg/queue.lua
+-- holds the statements the worker sends). Schema: sql/001_init.sql.
 -- Parameters are $n placeholders as vg.db passes them. Every statement is
 -- meant to run on its own, in autocommit (one short transaction each): claim
 -- and commit, process with no connection held, record and commit.
@@ -77,6 +78,12 @@ WITH due AS MATERIALIZED (
               AND t.priority_rank = r.rank
               AND t.status IN ('pending', 'retry', 'approved')
               AND t.run_at <= now()
+            -- Pins the probe to tasks_claimable_idx. Without it, once the
+            -- table is analysed with a large due backlog, the planner
+            -- prefers scanning "until the first match" (the table or the
+            -- run_at index): 26 ms per claim instead of well under 1 ms
+            -- (measured by make bench).
+            ORDER BY t.channel_id, t.priority_rank, t.run_at, t.id
             LIMIT 1) AS has_due
      ORDER BY r.rank, c.last_claimed_at NULLS FIRST, c.id
 ),
