@@ -114,6 +114,34 @@ describe("lua/worker.lua", function()
   end)
 end)
 
+describe("as PID 1 of a PID namespace", function()
+  after_each(host.cleanup)
+
+  it("still sees SIGTERM and shuts down cleanly", function()
+    local proc = require "vg.proc"
+    local probe = proc.run({ "unshare", "--pid", "--fork", "--mount-proc", "true" })
+    if probe.code ~= 0 then
+      return pending("unshare --pid needs root and util-linux: " .. probe.stderr)
+    end
+    local env = worker_env { WORKER_ID = "w-pid1" }
+    local p = proc.spawn({ "unshare", "--pid", "--fork", "--mount-proc", host.bin, "lua/worker.lua" },
+                         { env = env, cwd = host.root })
+    assert.truthy(host.wait_event(p, "worker_started"))
+    -- unshare's child is vg-host, PID 1 inside the namespace
+    local f = assert(io.open("/proc/" .. p:pid() .. "/task/" .. p:pid() .. "/children"))
+    local child = tonumber(f:read("a"):match("%d+"))
+    f:close()
+    local status = assert(io.open("/proc/" .. child .. "/status")):read("a")
+    assert.matches("NSpid:%s+%d+%s+1\n", status)
+    assert.equal(0, proc.run({ "kill", "-TERM", tostring(child) }).code)
+    local r = p:wait(10)
+    assert.is_not_nil(r, "vg-host as PID 1 did not exit after SIGTERM")
+    assert.equal(0, r.code)
+    local lines = host.lines(r.stdout)
+    assert.equal("worker_shutdown", lines[#lines].event)
+  end)
+end)
+
 describe("shutdown grace", function()
   after_each(host.cleanup)
 
