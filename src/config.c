@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vg/dburl.h"
@@ -346,8 +348,15 @@ const char *vg_config_instance(void)
     char host[256];
     if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "unknown");
     host[sizeof host - 1] = '\0';
+    /* host:pid alone can repeat: a restarted container keeps its host name
+     * and often its pid, while the old process's database session (and its
+     * liveness lock, keyed by this string) may linger. A random suffix
+     * keeps every process's instance its own. */
+    unsigned short nonce = 0;
+    if (getrandom(&nonce, sizeof nonce, GRND_NONBLOCK) != (ssize_t)sizeof nonce)
+        nonce = (unsigned short)(getpid() ^ time(NULL));
     vg_buf_t b = VG_BUF_INIT;
-    vg_buf_printf(&b, "%s:%ld", host, (long)getpid());
+    vg_buf_printf(&b, "%s:%ld:%04x", host, (long)getpid(), nonce);
     inst = vg_buf_steal(&b);
     return inst;
 }
