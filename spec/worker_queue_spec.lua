@@ -65,6 +65,20 @@ describe_db("worker processes", function()
     assert.equal(3, tdb.count("SELECT count(*) FROM workers WHERE status = 'stopped'"))
   end)
 
+  it("in batch mode claims and records results in batches, each task exactly once", function()
+    for i = 1, 3 do tdb.channel("bc" .. i) end
+    for i = 1, 3 do tdb.enqueue("bc" .. i, 200, { pipeline = "record", payload = { sleep = 0.001 } }) end
+    local w1 = worker("b1", { VG_CONCURRENCY = "8", VG_BATCH = "on" })
+    local w2 = worker("b2", { VG_CONCURRENCY = "8", VG_BATCH = "on" })
+    assert.is_true(tdb.eventually(function()
+      return tdb.count("SELECT count(*) FROM tasks WHERE status = 'completed'") == 600
+    end, 120, 0.25))
+    assert.equal(600, tdb.count("SELECT count(*) FROM test_executions"))
+    assert.equal(600, tdb.count("SELECT count(DISTINCT task_id) FROM test_executions"))
+    assert.equal(0, tdb.count("SELECT count(*) FROM tasks WHERE result IS NULL"))
+    for _, p in ipairs { w1, w2 } do assert.equal(0, stop(p).code) end
+  end)
+
   it("runs a SIGKILLed worker's task again on another worker", function()
     tdb.channel("c1")
     local id = tdb.enqueue("c1", 1, { pipeline = "record", payload = { sleep = 1.5 } })[1]

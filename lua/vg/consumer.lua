@@ -40,6 +40,9 @@ function M.new(cfg, opts)
     context = opts.context,
     after_step = opts.after_step,
   }
+  if c.batch then
+    c.env.complete = function(task, result) return c:complete_batched(task, result) end
+  end
   c.running = {}          -- task id -> { task = row, handle = vg task }
   c.n_running = 0
   c.slot_free = vg.event()
@@ -248,6 +251,30 @@ function Consumer:claim_concurrently(n)
   if #tasks == 0 and first_err then error(first_err, 0) end
   if first_err then log.warning("claim_failed", { error = err_text(first_err) }) end
   return tasks
+end
+
+-- Batch mode: results of tasks that finish close together are recorded
+-- in one statement. The first runner to finish opens a batch and a flusher
+-- task that gives the others a moment (1 ms) to join; each runner waits for
+-- its batch's statement and learns whether its own fence held.
+M.BATCH_WINDOW = 0.001
+
+function Consumer:complete_batched(task, result)
+  local batch = self.open_batch
+  if not batch then
+    batch = { items = {}, done = vg.event() }
+    self.open_batch = batch
+    vg.spawn(function()
+      vg.sleep(M.BATCH_WINDOW, { interruptible = false })
+      self.open_batch = nil
+      batch.ok, batch.held = pcall(self.queue.complete_many, self.queue, batch.items)
+      batch.done:set()
+    end)
+  end
+  batch.items[#batch.items + 1] = { task, result }
+  batch.done:wait(nil, { interruptible = false })
+  if not batch.ok then error(batch.held, 0) end
+  return batch.held[task.id] == true
 end
 
 -- One iteration of the worker loop.

@@ -112,7 +112,8 @@ function M.execute(env, pipe, task)
     end
   end
   local result = pipe.result and pipe.result(outputs, task) or { steps = #steps }
-  fenced(q:complete(task, result))
+  -- env.complete (batched completion) when the consumer batches results.
+  if env.complete then fenced(env.complete(task, result)) else fenced(q:complete(task, result)) end
   return "completed"
 end
 

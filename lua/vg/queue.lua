@@ -90,6 +90,17 @@ UPDATE tasks
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING id]]
 
+-- Complete many tasks in one statement (batch mode). $1: JSON
+-- [[id, token, result], ...]. Returns the ids whose fence held.
+M.COMPLETE_MANY_SQL = [[
+UPDATE tasks t
+   SET status = 'completed', result = nullif(e.value->2, 'null'::jsonb), last_error = NULL,
+       current_step = NULL, lease_expires_at = NULL
+  FROM jsonb_array_elements($1::jsonb) e
+ WHERE t.id = (e.value->>0)::bigint AND t.lease_token = (e.value->>1)::bigint
+   AND t.status IN ('claimed', 'processing')
+RETURNING t.id]]
+
 M.REVIEW_SQL = [[
 UPDATE tasks
    SET status = 'awaiting_review', current_step = $3, lease_expires_at = NULL,
@@ -248,6 +259,17 @@ end
 
 function Queue:complete(task, result)
   return held(db.query(M.COMPLETE_SQL, task.id, task.lease_token, result or db.null))
+end
+
+-- items: list of { task, result }. Returns the set of ids completed.
+function Queue:complete_many(items)
+  local list = {}
+  for i, it in ipairs(items) do
+    list[i] = { it[1].id, it[1].lease_token, it[2] == nil and db.null or it[2] }
+  end
+  local held_ids = {}
+  for _, row in ipairs(db.query(M.COMPLETE_MANY_SQL, list)) do held_ids[row.id] = true end
+  return held_ids
 end
 
 function Queue:await_review(task, step, result)
