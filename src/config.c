@@ -46,6 +46,7 @@ static var_t vars[] = {
     VAR("VG_DB_MAX_OVERFLOW", K_INT, "5", 0, 1000),
     VAR("VG_DB_POOL_TIMEOUT", K_SECONDS, "30", 0, 86400),
     VAR("VG_DB_PRE_PING", K_BOOL, "on", 0, 1),
+    VAR("VG_DB_PREPARE", K_BOOL, "on", 0, 1),
     VAR("VG_DB_CONNECT_TIMEOUT", K_SECONDS, "30", 0, 86400),
     VAR("VG_CONCURRENCY", K_INT, "1", 1, 10000),
     VAR("VG_SHUTDOWN_GRACE", K_SECONDS, "30", 0, 86400),

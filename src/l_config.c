@@ -22,7 +22,8 @@
 
 static bool is_bool_var(const char *name)
 {
-    return strcmp(name, "VG_DB_PRE_PING") == 0 || strcmp(name, "VG_BATCH") == 0 ||
+    return strcmp(name, "VG_DB_PRE_PING") == 0 || strcmp(name, "VG_DB_PREPARE") == 0 ||
+           strcmp(name, "VG_BATCH") == 0 ||
            strcmp(name, "VG_REVIEW_GATES") == 0;
 }
 

@@ -9,7 +9,7 @@
  *   core.configure(opts)         settings for the default pool (closes it if
  *                                it exists; the next use opens a new one)
  *   core.new_pool(opts)          another pool: opts url, pool_size,
- *                                max_overflow, pool_timeout, pre_ping,
+ *                                max_overflow, pool_timeout, pre_ping, prepare,
  *                                connect_timeout, application_name
  *   core.Pool                    the pool methods table (db.lua adds
  *                                transaction)
@@ -137,6 +137,12 @@ static void push_pool(lua_State *L, int idx)
     if (cfg_idx) {
         lua_getfield(L, cfg_idx, "pre_ping");
         if (lua_isboolean(L, -1)) cfg.pre_ping = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    cfg.prepare = vg_config_num("VG_DB_PREPARE") != 0;
+    if (cfg_idx) {
+        lua_getfield(L, cfg_idx, "prepare");
+        if (lua_isboolean(L, -1)) cfg.prepare = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
     char *err = NULL;
@@ -502,11 +508,11 @@ static int l_conn_pid(lua_State *L)
 
 static void push_stats(lua_State *L, const vg_pgpool_stats_t *s)
 {
-    lua_createtable(L, 0, 12);
+    lua_createtable(L, 0, 14);
 #define F(name) (lua_pushinteger(L, (lua_Integer)s->name), lua_setfield(L, -2, #name))
     F(size); F(max_overflow); F(open); F(connecting); F(idle); F(checked_out);
     F(resetting); F(overflow); F(waiters); F(opened_total); F(closed_total); F(failed_total);
-    F(pings_total);
+    F(pings_total); F(prepared_total);
 #undef F
 }
 

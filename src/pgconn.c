@@ -56,13 +56,131 @@ static const char *param(const vg_pgconn_t *c, const char *key)
     return NULL;
 }
 
+static void stmts_clear(vg_pgconn_t *c);
+
 static void maybe_free(vg_pgconn_t *c)
 {
     if (!c->freeing || c->handles_open > 0) return;
+    stmts_clear(c);
+    free(c->stmts);
     free_strv(c->keys);
     free_strv(c->vals);
     free(c->error);
     free(c);
+}
+
+/* ---- the prepared-statement cache --------------------------------------- */
+
+/* A statement is known by its SQL text and its parameter types: the types
+ * a statement is prepared with stay fixed, and a bytea parameter is sent
+ * with its type, so "$1" once text and once bytea are two statements. */
+struct vg_pgstmt {
+    char *key;
+    size_t keylen;
+    uint32_t hash;
+    unsigned id;
+};
+
+/* An execute waiting for its statement's prepare: copies of the caller's
+ * parameters, which the caller frees as soon as vg_pgconn_send returns. */
+struct vg_pgexec {
+    struct vg_pgstmt stmt;
+    int n;
+    char **vals;
+    int *lens;
+    int *fmts;
+};
+
+static void stmt_name(char *buf, size_t size, unsigned id)
+{
+    snprintf(buf, size, "vg_s%u", id);
+}
+
+static char *stmt_key(const char *sql, int nparams, const Oid *types, size_t *len,
+                      uint32_t *hash)
+{
+    size_t sl = strlen(sql);
+    size_t tl = (size_t)nparams * sizeof(Oid);
+    size_t n = sl + 1 + sizeof nparams + tl;
+    char *k = vg_xmalloc(n);
+    memcpy(k, sql, sl + 1);
+    memcpy(k + sl + 1, &nparams, sizeof nparams);
+    if (tl) {
+        if (types) memcpy(k + sl + 1 + sizeof nparams, types, tl);
+        else memset(k + sl + 1 + sizeof nparams, 0, tl);
+    }
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)k[i]) * 16777619u;
+    *len = n;
+    *hash = h;
+    return k;
+}
+
+static int stmt_find(const vg_pgconn_t *c, const char *key, size_t len, uint32_t hash)
+{
+    for (int i = 0; i < c->n_stmts; i++) {
+        const struct vg_pgstmt *s = &c->stmts[i];
+        if (s->hash == hash && s->keylen == len && memcmp(s->key, key, len) == 0) return i;
+    }
+    return -1;
+}
+
+/* Forget every statement. Used when the server may no longer have them; a
+ * statement still on the server is harmless, its name is never reused. */
+static void stmts_clear(vg_pgconn_t *c)
+{
+    for (int i = 0; i < c->n_stmts; i++) free(c->stmts[i].key);
+    c->n_stmts = 0;
+    c->exec_slot = -1;
+}
+
+static void exec_free(struct vg_pgexec *e)
+{
+    if (!e) return;
+    free(e->stmt.key);
+    for (int i = 0; i < e->n; i++) free(e->vals[i]);
+    free(e->vals);
+    free(e->lens);
+    free(e->fmts);
+    free(e);
+}
+
+static struct vg_pgexec *exec_copy(int n, const char *const *values, const int *lengths,
+                                   const int *formats)
+{
+    struct vg_pgexec *e = vg_xcalloc(1, sizeof *e);
+    size_t m = n ? (size_t)n : 1;
+    e->n = n;
+    e->vals = vg_xcalloc(m, sizeof *e->vals);
+    e->lens = vg_xcalloc(m, sizeof *e->lens);
+    e->fmts = vg_xcalloc(m, sizeof *e->fmts);
+    for (int i = 0; i < n; i++) {
+        int fmt = formats ? formats[i] : 0;
+        e->fmts[i] = fmt;
+        if (!values || !values[i]) continue;
+        /* libpq reads a binary value's length, a text value up to its NUL. */
+        size_t len = fmt ? (size_t)(lengths ? lengths[i] : 0) : strlen(values[i]);
+        e->vals[i] = vg_xmalloc(len + 1);
+        memcpy(e->vals[i], values[i], len);
+        e->vals[i][len] = '\0';
+        e->lens[i] = (int)len;
+    }
+    return e;
+}
+
+/* Does a simple query drop prepared statements (DISCARD ALL, DEALLOCATE)? */
+static bool drops_statements(const char *sql)
+{
+    static const char *const words[] = {"discard", "deallocate"};
+    for (const char *p = sql; *p; p++)
+        for (size_t w = 0; w < sizeof words / sizeof *words; w++)
+            if (strncasecmp(p, words[w], strlen(words[w])) == 0) return true;
+    return false;
+}
+
+uint64_t vg_pgconn_prepared_total(const vg_pgconn_t *c)
+{
+    return c->prepared_total;
 }
 
 /* ---- the poll handle ----------------------------------------------------- */
@@ -354,6 +472,7 @@ vg_pgconn_t *vg_pgconn_connect(uv_loop_t *loop, const vg_pgconn_params_t *p,
     vg_pgconn_t *c = vg_xcalloc(1, sizeof *c);
     c->loop = loop;
     c->poll_fd = -1;
+    c->exec_slot = -1;
     c->keys = copy_strv(p->keys, 0);
     c->vals = copy_strv(p->vals, 0);
     c->on_event = on_event;
@@ -460,6 +579,16 @@ static bool result_is_fatal(const PGresult *r)
 static void finish_query(vg_pgconn_t *c)
 {
     PGresult *res = c->result;
+    exec_free(c->pending);
+    c->pending = NULL;
+    if (c->exec_slot >= 0 && c->result_is_error && res) {
+        /* The server lost the statement (DEALLOCATE, DISCARD ALL) or will not
+         * run it with a changed result type ("cached plan must not change
+         * result type"): prepare afresh next time. */
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (st && (strcmp(st, "26000") == 0 || strcmp(st, "0A000") == 0)) stmts_clear(c);
+    }
+    c->exec_slot = -1;
     c->result = NULL;
     c->result_is_error = false;
     c->flushing = false;
@@ -504,6 +633,40 @@ static void copy_unsupported(vg_pgconn_t *c, PGresult *r)
     else PQclear(err);
 }
 
+/* The statement of c->pending is prepared (or failed to be): cache it and
+ * send the execute. Returns false when the query ends here: the prepare
+ * failed (its error is the query's error, and nothing is cached) or the
+ * execute could not be sent. */
+static bool execute_prepared(vg_pgconn_t *c)
+{
+    struct vg_pgexec *e = c->pending;
+    c->pending = NULL;
+    if (c->result_is_error || !c->result || PQstatus(c->pg) == CONNECTION_BAD ||
+        !c->stmts) {
+        exec_free(e);
+        return false;
+    }
+    PQclear(c->result);
+    c->result = NULL;
+    int slot = c->n_stmts++;
+    c->stmts[slot] = e->stmt;
+    e->stmt.key = NULL;
+    c->prepared_total++;
+    char name[24];
+    stmt_name(name, sizeof name, c->stmts[slot].id);
+    int ok = PQsendQueryPrepared(c->pg, name, e->n, (const char *const *)e->vals, e->lens,
+                                 e->fmts, 0);
+    exec_free(e);
+    if (!ok) {
+        c->result = PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
+        c->result_is_error = true;
+        return false;
+    }
+    c->exec_slot = slot;
+    c->flushing = PQflush(c->pg) == 1;
+    return true;
+}
+
 static void busy_io(vg_pgconn_t *c, int events)
 {
     if (events & UV_READABLE) {
@@ -519,6 +682,7 @@ static void busy_io(vg_pgconn_t *c, int events)
     while (!PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
         if (!r) {
+            if (c->pending && execute_prepared(c)) continue;
             finish_query(c);
             return;
         }
@@ -543,9 +707,40 @@ int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *type
                                                     : "the connection is not open");
         return -1;
     }
-    int ok = nparams < 0 ? PQsendQuery(c->pg, sql)
-                         : PQsendQueryParams(c->pg, sql, nparams, types, values, lengths,
-                                             formats, 0);
+    int ok;
+    int slot = -1;
+    struct vg_pgexec *pending = NULL;
+    if (nparams < 0) {
+        if (sql && drops_statements(sql)) stmts_clear(c);
+        ok = PQsendQuery(c->pg, sql);
+    } else if (!sql) { /* libpq reports it */
+        ok = PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
+    } else {
+        if (!c->stmts) c->stmts = vg_xcalloc(VG_PGCONN_MAX_STMTS, sizeof *c->stmts);
+        size_t klen;
+        uint32_t hash;
+        char *key = stmt_key(sql, nparams, types, &klen, &hash);
+        char name[24];
+        slot = stmt_find(c, key, klen, hash);
+        if (slot >= 0) {
+            free(key);
+            stmt_name(name, sizeof name, c->stmts[slot].id);
+            ok = PQsendQueryPrepared(c->pg, name, nparams, values, lengths, formats, 0);
+        } else if (!c->no_prepare && c->n_stmts < VG_PGCONN_MAX_STMTS) {
+            unsigned id = c->next_stmt_id++;
+            stmt_name(name, sizeof name, id);
+            ok = PQsendPrepare(c->pg, name, sql, nparams, types);
+            if (ok) {
+                pending = exec_copy(nparams, values, lengths, formats);
+                pending->stmt = (struct vg_pgstmt){key, klen, hash, id};
+            } else {
+                free(key);
+            }
+        } else { /* turned off, or the cache is full: the unnamed statement */
+            free(key);
+            ok = PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
+        }
+    }
     if (!ok) {
         set_error(c, PQerrorMessage(c->pg));
         if (PQstatus(c->pg) == CONNECTION_BAD) {
@@ -559,6 +754,8 @@ int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *type
     c->done_arg = arg;
     c->result = NULL;
     c->result_is_error = false;
+    c->pending = pending;
+    c->exec_slot = slot;
     int r = PQflush(c->pg);
     c->flushing = r == 1;
     if (poll_set(c, PQsocket(c->pg), UV_READABLE | (c->flushing ? UV_WRITABLE : 0)) != 0) {
@@ -670,6 +867,9 @@ void vg_pgconn_close(vg_pgconn_t *c)
     }
     PQclear(c->result);
     c->result = NULL;
+    exec_free(c->pending);
+    c->pending = NULL;
+    stmts_clear(c); /* the session is gone, and its statements with it */
     if (!c->error) set_error(c, "the connection was closed");
     vg_pgconn_done_fn done = c->on_done;
     void *arg = c->done_arg;

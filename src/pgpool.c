@@ -52,6 +52,7 @@ struct vg_pgpool {
     vg_pgpool_req_t *wait_head, *wait_tail;
     int n_waiting;
     long long opened_total, closed_total, failed_total, pings_total;
+    long long prepared_gone;           /* prepared by connections already freed */
     bool dispatching, redispatch;
     uv_timer_t reaper;                 /* runs only while connections reset */
     uv_timer_t wait_timer;             /* the next waiter's deadline */
@@ -121,6 +122,7 @@ static void pool_maybe_free(vg_pgpool_t *p)
 
 static void conn_free(vg_pgpool_t *p, vg_pgconn_t *c)
 {
+    p->prepared_gone += (long long)vg_pgconn_prepared_total(c);
     conn_set_state(p, c, CS_NONE);
     vg_pgconn_free(c);
     p->n_conns--;
@@ -358,6 +360,7 @@ static void open_conn(vg_pgpool_t *p, vg_pgpool_probe_t *probe)
                                  p->cfg.connect_timeout};
     vg_pgconn_t *c = vg_pgconn_connect(p->loop, &params, on_conn_event, p);
     c->owner = p;
+    c->no_prepare = !p->cfg.prepare;
     c->owner_ref = probe;
     p->n_conns++;
     conn_set_state(p, c, CS_CONNECTING);
@@ -768,6 +771,11 @@ void vg_pgpool_stats(const vg_pgpool_t *p, vg_pgpool_stats_t *s)
     s->closed_total = p->closed_total;
     s->failed_total = p->failed_total;
     s->pings_total = p->pings_total;
+    s->prepared_total = p->prepared_gone;
+    for (const vg_pgconn_t *c = p->idle; c; c = c->next)
+        s->prepared_total += (long long)vg_pgconn_prepared_total(c);
+    for (const vg_pgconn_t *c = p->busy; c; c = c->next)
+        s->prepared_total += (long long)vg_pgconn_prepared_total(c);
 }
 
 const char *vg_pgpool_describe(const vg_pgpool_t *p) { return p->describe; }

@@ -71,6 +71,9 @@ struct vg_pgconn {
     void *owner_ref;
     uint64_t owner_since_ms;
     uint64_t last_used_ms;       /* uv_now() when the last query finished */
+    /* Set by the owner before the first query. */
+    bool no_prepare;             /* send parameterised queries unnamed, as
+                                    through a transaction-mode PgBouncer */
     /* Read-only for the owner. */
     vg_pgconn_state_t state;
     PGconn *pg;
@@ -98,7 +101,19 @@ struct vg_pgconn {
     void *notify_arg;
     PGresult *result;            /* accumulating while BUSY */
     bool result_is_error;
+    /* Server-side prepared statements of this session (see vg_pgconn_send).
+     * The cache lives and dies with the PGconn: a new session starts empty. */
+    struct vg_pgstmt *stmts;     /* VG_PGCONN_MAX_STMTS slots */
+    int n_stmts;
+    unsigned next_stmt_id;       /* names vg_s<N> are never reused */
+    struct vg_pgexec *pending;   /* execute to send once the prepare succeeds */
+    int exec_slot;               /* cache slot of the statement running, or -1 */
+    uint64_t prepared_total;     /* statements this connection has prepared */
 };
+
+/* How many statements one connection keeps prepared; when full, further
+ * SQL texts use the unnamed statement (parsed and planned every call). */
+#define VG_PGCONN_MAX_STMTS 64
 
 /* Start connecting; always returns a connection (failures are reported by
  * the CONNECT_FAILED event, never synchronously). */
@@ -111,7 +126,10 @@ void vg_pgconn_keep_loop(vg_pgconn_t *c, bool keep);
 /* Send a query on an IDLE connection. nparams < 0 sends sql with the simple
  * query protocol (several statements allowed, no parameters); otherwise the
  * extended protocol with the given parameters (types, lengths and formats
- * may be NULL). Returns 0, or -1 with vg_pgconn_error() set (and the
+ * may be NULL), through a named prepared statement: the first call with a
+ * given SQL text and parameter types prepares it (one extra round trip),
+ * later calls on this connection only execute it. The parameter arrays are
+ * copied when needed; the caller may free them when this returns. Returns 0, or -1 with vg_pgconn_error() set (and the
  * connection BROKEN when it was lost). done is called once. */
 int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *types,
                    const char *const *values, const int *lengths, const int *formats,
@@ -142,6 +160,8 @@ void vg_pgconn_free(vg_pgconn_t *c);
 const char *vg_pgconn_error(const vg_pgconn_t *c);
 /* Server process id of a connected connection, else 0. */
 int vg_pgconn_pid(const vg_pgconn_t *c);
+/* Statements this connection has prepared so far. */
+uint64_t vg_pgconn_prepared_total(const vg_pgconn_t *c);
 /* PQTRANS_IDLE / INTRANS / INERROR / ACTIVE / UNKNOWN. */
 PGTransactionStatusType vg_pgconn_tx_status(const vg_pgconn_t *c);
 

@@ -39,6 +39,7 @@ typedef struct {
     int size;                     /* connections kept (pool_size) */
     int max_overflow;             /* more under load, closed when returned */
     bool pre_ping;
+    bool prepare;                 /* server-side prepared statements (vg_pgconn_send) */
     double connect_timeout;       /* seconds per connection attempt */
     double pool_timeout;          /* seconds a checkout waits for a busy pool */
     const char *application_name; /* NULL: the URL's, else "vg-host" */
@@ -55,6 +56,7 @@ typedef struct {
     int waiters;
     long long opened_total, closed_total, failed_total;
     long long pings_total;   /* pre-ping round trips */
+    long long prepared_total; /* server-side statements prepared (each is a round trip) */
 } vg_pgpool_stats_t;
 
 /* A checkout request. cb runs once from the loop with the connection, or

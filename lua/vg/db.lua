@@ -27,11 +27,11 @@
 --       raises database_unreachable after VG_DB_CONNECT_TIMEOUT
 --   db.stats()                  -> {size, max_overflow, open, connecting,
 --       idle, checked_out, resetting, overflow, waiters, opened_total,
---       closed_total, failed_total, pings_total, closed}
+--       closed_total, failed_total, pings_total, prepared_total, closed}
 --   db.close([timeout])         -> true, or false when connections still
 --       checked out after timeout (default VG_SHUTDOWN_GRACE) were closed
 --   db.configure(opts)          settings of the default pool (url, pool_size,
---       max_overflow, pool_timeout, pre_ping, connect_timeout,
+--       max_overflow, pool_timeout, pre_ping, prepare, connect_timeout,
 --       application_name); the next use opens it with them
 --   db.pool(opts)               -> a separate pool with the same methods
 --       (pool:query, pool:transaction, pool:listen, ..., pool:close)
