@@ -34,9 +34,11 @@ local TMP = assert(getenv("BENCH_TMP"), "BENCH_TMP is not set (run bench/run.sh)
 local VG_HOST = assert(getenv("BENCH_VG_HOST"), "BENCH_VG_HOST is not set")
 local LUA_DIR = getenv("BENCH_LUA_DIR") or (ROOT .. "/lua")
 local PGBENCH = getenv("BENCH_PGBENCH") or ""
--- extended: unnamed statements, parsed and planned on every call, as vg.db
--- sends them; prepared: what named prepared statements would give.
-local PGBENCH_MODE = getenv("BENCH_PGBENCH_MODE") or "extended"
+-- prepared (default): named prepared statements with generic plans, as vg.db
+-- sends them by default (VG_DB_PREPARE=on); extended: unnamed statements,
+-- parsed and planned on every call, as vg.db sends them with
+-- VG_DB_PREPARE=off (then the workers of the run get that too).
+local PGBENCH_MODE = getenv("BENCH_PGBENCH_MODE") or "prepared"
 assert(PGBENCH_MODE == "extended" or PGBENCH_MODE == "prepared" or PGBENCH_MODE == "simple",
        "BENCH_PGBENCH_MODE must be extended, prepared or simple")
 local SMOKE = getenv("BENCH_SMOKE") == "1"
@@ -53,6 +55,9 @@ local P = {
   tasks = math.floor(num_env("BENCH_TASKS", SMOKE and 200 or 20000)),
   channels = math.floor(num_env("BENCH_CHANNELS", 10)),
   batch = 10,                      -- tasks per claim in the batched raw runs
+  -- VG_CONCURRENCY of the batched worker run: batch mode claims up to half
+  -- of it per statement, so one claim overlaps the previous batch's finish.
+  batch_concurrency = math.floor(num_env("BENCH_BATCH_CONCURRENCY", SMOKE and 20 or 500)),
   run_limit = num_env("BENCH_RUN_SECONDS", 10),
   repeat_runs = math.floor(num_env("BENCH_REPEAT", SMOKE and 1 or 2)),
   pickups = math.floor(num_env("BENCH_PICKUPS", SMOKE and 10 or 200)),
@@ -363,6 +368,7 @@ local function worker_env(extra)
     VG_LEASE_SECONDS = false, VG_SHUTDOWN_GRACE = false, WORKER_ID = false,
     RAILWAY_SERVICE_NAME = false, RAILWAY_REPLICA_ID = false,
     VG_DB_POOL_SIZE = false, VG_DB_MAX_OVERFLOW = false,
+    VG_DB_PREPARE = PGBENCH_MODE == "prepared" and "on" or "off",
   }
   for k, v in pairs(extra or {}) do e[k] = v end
   return e
@@ -446,21 +452,16 @@ local function pgbench_scripts()
   -- end) is not an error; the complete then matches no row.
   local single = claim .. " \\aset\n" .. complete .. ";\n"
 
-  -- Batched: the same claim with $4 = 10, its rows gathered into one JSON
-  -- value (the final SELECT is the only change), and COMPLETE_SQL's SET and
-  -- WHERE applied to all of them in one UPDATE ... FROM.
+  -- Batched: what a worker with VG_BATCH=on sends: CLAIM_MANY_SQL with
+  -- $4 = 10, its rows gathered into one JSON value (the final SELECT is the
+  -- only change), then COMPLETE_MANY_SQL for them.
   local tail_pat = "SELECT %* FROM claimed$"
-  assert(claim:find(tail_pat), "CLAIM_SQL no longer ends with SELECT * FROM claimed; update bench/driver.lua")
-  local bclaim = claim:gsub(tail_pat,
-    "SELECT coalesce(json_agg(json_build_array(id, lease_token)), '[]')::text AS batch FROM claimed")
-  local set_part, where_part = queue.COMPLETE_SQL:match("^(.-)(%s+WHERE%s.*)$")
-  assert(set_part and where_part:find("%$1") and where_part:find("%$2"),
-    "COMPLETE_SQL has an unexpected shape; update bench/driver.lua")
-  local bcomplete = sql_params(set_part, { nil, nil, ":result" })
-    .. "\n  FROM (SELECT (e->>0)::bigint AS bid, (e->>1)::bigint AS btoken"
-    .. "\n          FROM jsonb_array_elements(:batch::jsonb) e) b"
-    .. sql_params(where_part, { "b.bid", "b.btoken", ":result" })
-  bcomplete = bcomplete:gsub("%s*;?%s*$", "")
+  local bclaim = sql_params(queue.CLAIM_MANY_SQL, { ":worker", ":instance", ":lease", ":n" })
+  bclaim = bclaim:gsub("%s*;?%s*$", "")
+  assert(bclaim:find(tail_pat), "CLAIM_MANY_SQL no longer ends with SELECT * FROM claimed; update bench/driver.lua")
+  bclaim = bclaim:gsub(tail_pat,
+    "SELECT coalesce(json_agg(json_build_array(id, lease_token, :result::jsonb)), '[]')::text AS batch FROM claimed")
+  local bcomplete = sql_params(queue.COMPLETE_MANY_SQL, { ":batch" }):gsub("%s*;?%s*$", "")
   local batched = bclaim .. " \\aset\n" .. bcomplete .. ";\n"
   write_file(TMP .. "/raw_single.sql", single)
   write_file(TMP .. "/raw_batched.sql", batched)
@@ -499,7 +500,9 @@ local function run_raw(name, clients, batched, script)
     "-D", "lease=60", "-D", "n=" .. per_claim, "-D", 'result={"steps":0}', "-f", script, URL }
   say("raw %s: pgbench, %d client(s), %d task(s) per claim", name, clients, per_claim)
   local before = sample()
-  local r = proc.run(argv, { timeout = P.run_limit, max_output = 1 << 16 })
+  -- Prepared: generic plans, as vg.db asks for with prepared statements.
+  local env = PGBENCH_MODE == "prepared" and { PGOPTIONS = "-c plan_cache_mode=force_generic_plan" } or nil
+  local r = proc.run(argv, { timeout = P.run_limit, max_output = 1 << 16, env = env })
   -- Its backends' CPU moves to the postmaster's cutime once they have
   -- exited and been reaped: wait for that before reading.
   local deadline = vg.now() + 5
@@ -807,7 +810,8 @@ local function main()
     rate = "completed / (max(completed_at) - min(claimed_at)) of the completed tasks, database clock",
     worker_cpu = "schedstat (or utime+stime) of the worker processes at the end of the run, start-up included",
     pg_cpu = "utime+stime delta of the postmaster, its children and reaped children, less the driver's backend",
-    pgbench = "pgbench -M " .. PGBENCH_MODE .. " (extended: unnamed statements, as vg.db sends them), "
+    pgbench = "pgbench -M " .. PGBENCH_MODE .. " (prepared: generic plans, as vg.db sends them by default; "
+      .. "extended: unnamed statements, as with VG_DB_PREPARE=off, which the workers then get too), "
       .. "scripts made from vg.queue's SQL",
   }
 
@@ -852,7 +856,7 @@ local function main()
   end
   for _ = 1, P.repeat_runs do workers("2x10", 2, 10, false) end
   for _ = 1, P.repeat_runs do
-    raw("batched-10", 10, true); workers("batch-1x10", 1, 10, true)
+    raw("batched-10", 10, true); workers("batch", 1, P.batch_concurrency, true)
   end
   raw("batched-1", 1, true)
   for _, desc in ipairs(order) do

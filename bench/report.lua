@@ -51,7 +51,8 @@ local function build_table(results, targets)
   tput("throughput 1 worker x 1, tasks/s", "1x1", "single-1", "share")
   tput("throughput 1 worker x 10, tasks/s", "1x10", "single-10", "share")
   tput("throughput 2 workers x 10, tasks/s (raw: 10 clients)", "2x10", "single-10", nil)
-  tput("throughput batched 1 worker x 10, tasks/s", "batch-1x10", "batched-10", "batch")
+  tput(string.format("throughput batched 1 worker x %d, tasks/s (raw: 10 x 10)",
+                     results.params.batch_concurrency or 0), "batch", "batched-10", "batch")
   local rb1 = R["batched-1"]
   row("raw only: 10 per claim, 1 client, tasks/s", "", rb1 and fmt(rb1.tasks_per_s) or "n/a", "", "", "")
 
@@ -146,12 +147,14 @@ function M.render(results, P)
       P.tasks, P.channels, fmt(P.run_limit, 0), P.repeat_runs),
     "Rates from database timestamps: completed / (max(completed_at) - min(claimed_at)).",
   }
-  for _, key in ipairs({ "1x1", "1x10", "2x10", "batch-1x10" }) do
+  for _, key in ipairs({ "1x1", "1x10", "2x10", "batch" }) do
     local t = results.throughput[key]
     if t and t.statements then
       local parts = {}
       for _, s in ipairs(t.statements) do
-        if s.per_task >= 0.01 then parts[#parts + 1] = string.format("%s %.2f", s.statement, s.per_task) end
+        if s.per_task >= 0.001 then
+          parts[#parts + 1] = string.format(s.per_task >= 0.1 and "%s %.2f" or "%s %.3f", s.statement, s.per_task)
+        end
       end
       notes[#notes + 1] = string.format("Statements per task, %s: %s.", key, table.concat(parts, ", "))
     end

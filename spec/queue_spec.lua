@@ -93,6 +93,100 @@ describe_db("the queue", function()
     assert.are_not.equal(batch[1].channel_id, batch[2].channel_id)
   end)
 
+  it("claims a batch in priority order, then round-robin: every channel's first task, then its second", function()
+    tdb.channel("c1")
+    tdb.channel("c2")
+    tdb.channel("c3")
+    local c1 = tdb.enqueue("c1", 4)
+    local c2 = tdb.enqueue("c2", 4)
+    local high = tdb.enqueue("c3", 1, { priority = "high" })[1]
+    local low = tdb.enqueue("c3", 1, { priority = "low" })[1]
+    local batch = q:claim(6)
+    local got = {}
+    for i, t in ipairs(batch) do got[i] = t.id end
+    assert.same({ high, c1[1], c2[1], c1[2], c2[2], c1[3] }, got)
+    -- the rest: c1 and c2 were both served by that statement (the same
+    -- instant, so their id decides), each channel's next task in turn, and
+    -- the low task last
+    got = {}
+    for i, t in ipairs(q:claim(10)) do got[i] = t.id end
+    assert.same({ c1[4], c2[3], c2[4], low }, got)
+    assert.same({}, q:claim(10))
+  end)
+
+  it("gives concurrent batch claimers distinct tasks, each claimed once", function()
+    for i = 1, 4 do
+      tdb.channel("c" .. i)
+      tdb.enqueue("c" .. i, 50)
+    end
+    local got, runners = {}, {}
+    for i = 1, 8 do
+      runners[i] = vg.spawn(function()
+        local mine = {}
+        while true do
+          local batch = q:claim(7)
+          if #batch == 0 then break end
+          for _, t in ipairs(batch) do mine[#mine + 1] = t.id end
+        end
+        return mine
+      end)
+    end
+    local total = 0
+    for i = 1, 8 do
+      for _, id in ipairs(runners[i]:join()) do
+        assert.is_nil(got[id], "task " .. id .. " claimed twice")
+        got[id] = true
+        total = total + 1
+      end
+    end
+    assert.equal(200, total)
+    assert.equal(200, tdb.count("SELECT count(*) FROM tasks WHERE status = 'claimed' AND attempts = 1"))
+  end)
+
+  it("keeps updated_at and completed_at right whoever writes the row", function()
+    tdb.channel("c1")
+    local id = tdb.enqueue("c1", 1)[1]
+    local function row()
+      return db.query([[SELECT status, completed_at IS NOT NULL AS done,
+                               updated_at > created_at AS touched FROM tasks WHERE id = $1]], id)[1]
+    end
+    -- an admin's plain UPDATE, in a later transaction
+    db.query("SELECT pg_sleep(0.01)")
+    db.query("UPDATE tasks SET status = 'failed' WHERE id = $1", id)
+    assert.same({ status = "failed", done = true, touched = true }, row())
+    db.query("UPDATE tasks SET status = 'pending', run_at = now() WHERE id = $1", id)
+    assert.same({ status = "pending", done = false, touched = true }, row())
+    -- the queue's own statements
+    local t = q:claim(1)[1]
+    assert.is_true(q:complete(t, { ok = true }))
+    assert.same({ status = "completed", done = true, touched = true }, row())
+  end)
+
+  it("notifies once when many tasks become claimable in one statement, and not for claims", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 300)
+    db.listen("vg_tasks")
+    while db.wait_notification(0) do end
+    local batch = q:claim(300)
+    assert.equal(300, #batch)
+    for i = 1, 100 do assert.is_true(q:complete(batch[i])) end
+    assert.is_nil(db.wait_notification(0.2))
+    -- 200 back to the queue at once (as a rescue or an admin would)
+    db.query("UPDATE tasks SET status = 'retry', run_at = now() WHERE status = 'claimed'")
+    local n = db.wait_notification(5)
+    assert.is_not_nil(n)
+    assert.is_nil(db.wait_notification(0.2))
+    -- a retry due later says when
+    local t = q:claim(1)[1]
+    local status = q:fail(t, "boom", true)
+    assert.equal("retry", status)
+    n = db.wait_notification(5)
+    assert.is_not_nil(n)
+    local at = db.query("SELECT extract(epoch FROM run_at)::float8 AS at FROM tasks WHERE id = $1", t.id)[1].at
+    assert.near(at, tonumber(n.payload), 0.001)
+    db.unlisten("vg_tasks")
+  end)
+
   it("fences writes: a late result from a lost lease is rejected", function()
     tdb.channel("c1")
     tdb.enqueue("c1", 1)

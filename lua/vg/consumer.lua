@@ -283,7 +283,10 @@ end
 -- twice as many concurrent claims each round (up to the free slots) while
 -- every claim returns a task, back to one as soon as one comes back empty.
 -- A lone new task costs one statement; a backlog fills every slot quickly.
--- With VG_BATCH one statement claims as many tasks as there are free slots.
+-- With VG_BATCH one statement claims as many tasks as there are free slots,
+-- at most half of VG_CONCURRENCY: so while one batch's results are being
+-- recorded the next batch is already being claimed (on another pool
+-- connection), instead of the two statements taking turns.
 function Consumer:step()
   if self.n_running >= self.concurrency then
     self.slot_free:clear()
@@ -297,7 +300,7 @@ function Consumer:step()
     local free = self.concurrency - self.n_running
     local tasks
     if self.batch then
-      tasks = self.queue:claim(free)
+      tasks = self.queue:claim(math.min(free, math.max(1, self.concurrency // 2)))
     else
       local width = math.min(free, self.claim_width or 1)
       tasks = self:claim_concurrently(width)

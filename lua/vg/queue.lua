@@ -10,9 +10,14 @@ local log = require "vg.log"
 
 local M = {}
 
-M.CLAIM_SQL = [[
+-- The parts of the claim statements (docs/claim.sql, sections 1 and 1b).
+--
+-- due: the (channel, priority) pairs that have a due task, in the order
+-- they are served (turn): priority, then the channel served least recently.
+local CLAIM_DUE = [[
 WITH due AS MATERIALIZED (
-    SELECT c.id AS channel_id, r.rank
+    SELECT c.id AS channel_id, r.rank,
+           row_number() OVER (ORDER BY r.rank, c.last_claimed_at NULLS FIRST, c.id) AS turn
       FROM channels c
      CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS r (rank)
      CROSS JOIN LATERAL (
@@ -27,25 +32,17 @@ WITH due AS MATERIALIZED (
               AND t.run_at <= now()
             ORDER BY t.channel_id, t.priority_rank, t.run_at, t.id
             LIMIT 1) AS has_due
-     ORDER BY r.rank, c.last_claimed_at NULLS FIRST, c.id
+     ORDER BY turn
 ),
-picked AS (
-    SELECT p.id
-      FROM due
-     CROSS JOIN LATERAL (
-           SELECT t.id FROM tasks t
-            WHERE t.channel_id = due.channel_id AND t.priority_rank = due.rank
-              AND t.status IN ('pending', 'retry', 'approved')
-              AND t.run_at <= now()
-            ORDER BY t.run_at, t.id
-            LIMIT 1
-              FOR UPDATE SKIP LOCKED) p
-     LIMIT $4
-),
+]]
+
+-- claimed, touched: take the picked tasks (a new lease and fencing token)
+-- and move the channels' round-robin pointer.
+local CLAIM_TAKE = [[
 claimed AS (
     UPDATE tasks t
        SET status = 'claimed', claimed_by = $1, claimed_instance = $2,
-           claimed_at = now(),
+           claimed_at = now(), updated_at = now(),
            lease_expires_at = now() + make_interval(secs => $3),
            attempts = CASE WHEN t.status = 'approved' THEN 1 ELSE t.attempts + 1 END,
            lease_token = t.lease_token + 1
@@ -62,13 +59,69 @@ touched AS (
 )
 SELECT * FROM claimed]]
 
+-- Claim up to $4 tasks, at most one per (channel, priority) pair: for each
+-- pair in turn, its oldest due task that nobody has locked.
+M.CLAIM_SQL = CLAIM_DUE .. [[
+picked AS (
+    SELECT p.id
+      FROM due
+     CROSS JOIN LATERAL (
+           SELECT t.id FROM tasks t
+            WHERE t.channel_id = due.channel_id AND t.priority_rank = due.rank
+              AND t.status IN ('pending', 'retry', 'approved')
+              AND t.run_at <= now()
+            ORDER BY t.run_at, t.id
+            LIMIT 1
+              FOR UPDATE SKIP LOCKED) p
+     LIMIT $4
+),
+]] .. CLAIM_TAKE
+
+-- Claim up to $4 (> 1) tasks in one statement (batch mode), fairly: each
+-- due pair offers its oldest k tasks (k: twice an even share of $4 among
+-- the pairs of the highest priority that has due tasks, plus one, in case
+-- concurrent claimers hold some), and the candidates are locked in
+-- round-robin order: priority, then the first task of every channel, then
+-- the second, and so on. As in CLAIM_SQL, the materialised CTE keeps that
+-- order and the LATERAL locks only the rows the LIMIT takes.
+M.CLAIM_MANY_SQL = CLAIM_DUE .. [[
+share AS (
+    SELECT 2 * ceil($4::float8 / count(*))::int + 1 AS k
+      FROM due WHERE due.rank = (SELECT min(rank) FROM due)
+),
+candidates AS MATERIALIZED (
+    SELECT x.id
+      FROM due
+     CROSS JOIN LATERAL (
+           SELECT t.id, row_number() OVER (ORDER BY t.run_at, t.id) AS n
+             FROM tasks t
+            WHERE t.channel_id = due.channel_id AND t.priority_rank = due.rank
+              AND t.status IN ('pending', 'retry', 'approved')
+              AND t.run_at <= now()
+            ORDER BY t.run_at, t.id
+            LIMIT (SELECT k FROM share)) x
+     ORDER BY due.rank, x.n, due.turn
+),
+picked AS (
+    SELECT p.id
+      FROM candidates c
+     CROSS JOIN LATERAL (
+           SELECT t.id FROM tasks t
+            WHERE t.id = c.id
+              AND t.status IN ('pending', 'retry', 'approved')
+              AND t.run_at <= now()
+              FOR UPDATE SKIP LOCKED) p
+     LIMIT $4
+),
+]] .. CLAIM_TAKE
+
 -- Seconds until the next claimable task is due (NULL: none queued).
 M.NEXT_DUE_SQL = [[
 SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds
   FROM tasks WHERE status IN ('pending', 'retry', 'approved')]]
 
 M.START_SQL = [[
-UPDATE tasks SET status = 'processing', current_step = $3
+UPDATE tasks SET status = 'processing', current_step = $3, updated_at = now()
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING id]]
 
@@ -76,7 +129,7 @@ RETURNING id]]
 -- $1: JSON [[id, token], ...]. Returns the ids still held.
 M.RENEW_SQL = [[
 UPDATE tasks t
-   SET lease_expires_at = now() + make_interval(secs => $2)
+   SET lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
   FROM (SELECT (e->>0)::bigint AS id, (e->>1)::bigint AS token
           FROM jsonb_array_elements($1::jsonb) e) h
  WHERE t.id = h.id AND t.lease_token = h.token
@@ -86,7 +139,8 @@ RETURNING t.id]]
 M.COMPLETE_SQL = [[
 UPDATE tasks
    SET status = 'completed', result = $3, last_error = NULL,
-       current_step = NULL, lease_expires_at = NULL
+       current_step = NULL, lease_expires_at = NULL,
+       updated_at = now(), completed_at = now()
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING id]]
 
@@ -95,7 +149,8 @@ RETURNING id]]
 M.COMPLETE_MANY_SQL = [[
 UPDATE tasks t
    SET status = 'completed', result = nullif(e.value->2, 'null'::jsonb), last_error = NULL,
-       current_step = NULL, lease_expires_at = NULL
+       current_step = NULL, lease_expires_at = NULL,
+       updated_at = now(), completed_at = now()
   FROM jsonb_array_elements($1::jsonb) e
  WHERE t.id = (e.value->>0)::bigint AND t.lease_token = (e.value->>1)::bigint
    AND t.status IN ('claimed', 'processing')
@@ -104,7 +159,7 @@ RETURNING t.id]]
 M.REVIEW_SQL = [[
 UPDATE tasks
    SET status = 'awaiting_review', current_step = $3, lease_expires_at = NULL,
-       result = $4
+       result = $4, updated_at = now()
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING id]]
 
@@ -117,7 +172,7 @@ UPDATE tasks
                               least($6::float8, $5::float8 * 2 ^ (attempts - 1))
                               * (0.5 + random() / 2))
                      ELSE run_at END,
-       last_error = $3, lease_expires_at = NULL
+       last_error = $3, lease_expires_at = NULL, updated_at = now()
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING status, run_at, attempts]]
 
@@ -126,7 +181,7 @@ M.RELEASE_SQL = [[
 UPDATE tasks
    SET status = 'retry', run_at = now(), attempts = greatest(attempts - 1, 0),
        lease_expires_at = NULL, lease_token = lease_token + 1,
-       last_error = 'released at shutdown by ' || $3
+       last_error = 'released at shutdown by ' || $3, updated_at = now()
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING id]]
 
@@ -170,7 +225,8 @@ rescued AS (
                              ELSE format('worker %s (instance %s) is gone',
                                          t.claimed_by, t.claimed_instance) END,
            lease_expires_at = NULL,
-           lease_token = t.lease_token + 1
+           lease_token = t.lease_token + 1,
+           updated_at = now()
       FROM victims
      WHERE t.id = victims.id
  RETURNING t.id, t.status, t.claimed_by, t.claimed_instance
@@ -186,7 +242,7 @@ SELECT step, output FROM task_steps WHERE task_id = $1 AND status = 'completed']
 -- Checkpoint a finished step, only while the fence holds.
 M.CHECKPOINT_SQL = [[
 WITH fence AS (
-    UPDATE tasks SET current_step = $3
+    UPDATE tasks SET current_step = $3, updated_at = now()
      WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
  RETURNING id
 )
@@ -228,7 +284,9 @@ end
 
 -- Claim up to n tasks (default 1). Returns a list of task rows.
 function Queue:claim(n)
-  return db.query(M.CLAIM_SQL, self.worker_id, self.instance, self.lease_seconds, n or 1)
+  n = n or 1
+  return db.query(n > 1 and M.CLAIM_MANY_SQL or M.CLAIM_SQL,
+                  self.worker_id, self.instance, self.lease_seconds, n)
 end
 
 -- Seconds until the next queued task is due (<= 0: due now), or nil.
