@@ -6,7 +6,9 @@
 #include "vg/pgconn.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -548,8 +550,17 @@ static bool idle_read(vg_pgconn_t *c)
 bool vg_pgconn_check(vg_pgconn_t *c)
 {
     if (c->state != VG_PGCONN_IDLE) return false;
-    /* Twice: the first read may return the server's last message, the
-     * second the EOF behind it. Neither blocks. */
+    /* Nothing to read (the usual case): the connection is as we left it,
+     * known with one syscall. The loop also watches idle connections, so
+     * this only catches what arrived since it last looked. */
+    struct pollfd pfd = {.fd = PQsocket(c->pg), .events = POLLIN};
+    int n;
+    do n = poll(&pfd, 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n == 0) return true;
+    /* Something came (or poll failed: let the reads tell). Twice: the first
+     * read may return the server's last message, the second the EOF behind
+     * it. Neither blocks. */
     return idle_read(c) && idle_read(c);
 }
 

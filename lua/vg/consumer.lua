@@ -170,20 +170,46 @@ function Consumer:run_task(task)
   end
 end
 
-function Consumer:spawn_runner(task)
-  local entry = { task = task }
-  self.running[task.id] = entry
-  self.n_running = self.n_running + 1
-  entry.handle = vg.spawn(function()
+-- A slot: runs the task, then, while the queue had work at the last look
+-- (claim_now) and no shutdown is under way, claims the next task itself and
+-- runs it, so a busy slot goes from one task to the next without waiting
+-- for the dispatcher (one claim per task either way). It ends when a claim
+-- comes back empty; the dispatcher then refills free slots as before.
+-- Batch mode leaves claiming to the dispatcher.
+function Consumer:run_slot(task, handle)
+  while true do
+    self.running[task.id] = { task = task, handle = handle }
     local ok, err = pcall(self.run_task, self, task)
     self.running[task.id] = nil
-    self.n_running = self.n_running - 1
-    self.slot_free:set()
     if not ok then
-      if vg.is_cancelled(err) then return end
+      if vg.is_cancelled(err) then error(err, 0) end
       -- A database error while recording the outcome: the lease will
       -- expire and another worker (or this one) runs the task again.
       log.error("task_outcome_not_recorded", { task_id = task.id, error = err_text(err) })
+      return
+    end
+    if self.batch or not self.claim_now or vg.shutdown_requested() then return end
+    local cok, rows = pcall(self.queue.claim, self.queue, 1)
+    if not cok then
+      if vg.is_cancelled(rows) then error(rows, 0) end
+      log.warning("claim_failed", { error = err_text(rows) })
+      return
+    end
+    task = rows[1]
+    if not task then return end
+  end
+end
+
+function Consumer:spawn_runner(task)
+  self.n_running = self.n_running + 1
+  local handle
+  -- spawn only queues the new Lua task, so handle is set before it runs.
+  handle = vg.spawn(function()
+    local ok, err = pcall(self.run_slot, self, task, handle)
+    self.n_running = self.n_running - 1
+    self.slot_free:set()
+    if not ok and not vg.is_cancelled(err) then
+      log.error("worker_slot_failed", { error = err_text(err) })
     end
   end)
 end
@@ -290,7 +316,14 @@ end
 function Consumer:step()
   if self.n_running >= self.concurrency then
     self.slot_free:clear()
-    if self.n_running >= self.concurrency then self.slot_free:wait() end
+    if self.n_running >= self.concurrency then
+      -- Every slot busy (they claim their next tasks themselves): wake up
+      -- for the rescue check when it is due.
+      if not self.slot_free:wait(math.max(0, self.next_rescue - vg.now()))
+         and not vg.shutdown_requested() then
+        self:maybe_rescue()
+      end
+    end
     return
   end
   if vg.shutdown_requested() then return end
