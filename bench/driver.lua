@@ -57,7 +57,7 @@ local P = {
   batch = 10,                      -- tasks per claim in the batched raw runs
   -- VG_CONCURRENCY of the batched worker run: batch mode claims up to half
   -- of it per statement, so one claim overlaps the previous batch's finish.
-  batch_concurrency = math.floor(num_env("BENCH_BATCH_CONCURRENCY", SMOKE and 20 or 500)),
+  batch_concurrency = math.floor(num_env("BENCH_BATCH_CONCURRENCY", SMOKE and 20 or 1000)),
   run_limit = num_env("BENCH_RUN_SECONDS", 10),
   repeat_runs = math.floor(num_env("BENCH_REPEAT", SMOKE and 1 or 2)),
   pickups = math.floor(num_env("BENCH_PICKUPS", SMOKE and 10 or 200)),
@@ -197,10 +197,15 @@ local function cpu_seconds(pid)
   return (st.utime + st.stime) / CLK_TCK
 end
 
--- VmRSS and VmHWM of a process, in kB.
+-- VmRSS and VmHWM of a process, in kB; also its proportional set size and
+-- private memory (smaps_rollup: pages shared with other processes, such as
+-- libraries, counted in part or not at all), when the kernel has them.
 local function memory_kb(pid)
   local s = read_file("/proc/" .. pid .. "/status") or ""
-  return tonumber(s:match("VmRSS:%s*(%d+)")), tonumber(s:match("VmHWM:%s*(%d+)"))
+  local r = read_file("/proc/" .. pid .. "/smaps_rollup") or ""
+  local pc, pd = tonumber(r:match("Private_Clean:%s*(%d+)")), tonumber(r:match("Private_Dirty:%s*(%d+)"))
+  return tonumber(s:match("VmRSS:%s*(%d+)")), tonumber(s:match("VmHWM:%s*(%d+)")),
+         tonumber(r:match("\nPss:%s*(%d+)")), (pc and pd) and pc + pd or nil
 end
 
 -- The postmaster's pid, found as the parent of this driver's backend, when
@@ -490,10 +495,9 @@ local function keep(tbl, name, res)
   tbl[name] = best
 end
 
-local function run_raw(name, clients, batched, script)
+local function run_raw(name, clients, per_claim, script)
   if PGBENCH == "" then error("pgbench not found (Debian: apt-get install postgresql)", 0) end
   seed(P.tasks)
-  local per_claim = batched and P.batch or 1
   local per_client = math.max(1, P.tasks // (per_claim * clients))
   local argv = { PGBENCH, "-n", "-M", PGBENCH_MODE, "-c", clients, "-j", math.min(clients, NPROC),
     "-t", per_client, "-D", "worker=bench-pgbench", "-D", "instance=bench-pgbench:1",
@@ -683,7 +687,7 @@ local function run_idle()
   local t1 = vg.now()
   local c1, s1, x1 = cpu_seconds(pid), pgss_snapshot(), xact_count()
   local pg1 = pg_cpu(driver_backends())
-  local rss, hwm = memory_kb(pid)
+  local rss, hwm, pss, private = memory_kb(pid)
   local conns = q1([[SELECT count(*)::bigint AS n FROM pg_stat_activity
                      WHERE datname = current_database() AND application_name <> $1
                        AND backend_type = 'client backend']], DRIVER_APP).n
@@ -692,6 +696,7 @@ local function run_idle()
   local secs = t1 - t0
   local res = { seconds = round(secs, 3), cpu_s = round(c1 - c0, 5),
     cpu_s_per_30s = round((c1 - c0) * 30 / secs, 5), rss_kb = rss, peak_rss_kb = hwm,
+    pss_kb = pss, private_kb = private,
     server_connections = conns,
     pg_cpu_s_per_30s = (pg0 and pg1) and round((pg1 - pg0) * 30 / secs, 3) or nil }
   local st = pgss_delta(s0, s1)
@@ -837,10 +842,10 @@ local function main()
     if ok then o.ok = true elseif not o.err then o.err = err end
     if vg.shutdown_requested() then error("interrupted by a signal", 0) end
   end
-  local function raw(name, clients, batch)
+  local function raw(name, clients, per_claim)
     attempt(string.format("raw limit measured with pgbench (%s)", name), function()
       assert(single, "no pgbench scripts")
-      run_raw(name, clients, batch, batch and batched or single)
+      run_raw(name, clients, per_claim, per_claim > 1 and batched or single)
     end)
   end
   local function workers(name, n, conc, batch)
@@ -849,16 +854,20 @@ local function main()
     end)
   end
   for _ = 1, P.repeat_runs do
-    raw("single-1", 1, false); workers("1x1", 1, 1, false)
+    raw("single-1", 1, 1); workers("1x1", 1, 1, false)
   end
   for _ = 1, P.repeat_runs do
-    raw("single-10", 10, false); workers("1x10", 1, 10, false)
+    raw("single-10", 10, 1); workers("1x10", 1, 10, false)
   end
   for _ = 1, P.repeat_runs do workers("2x10", 2, 10, false) end
   for _ = 1, P.repeat_runs do
-    raw("batched-10", 10, true); workers("batch", 1, P.batch_concurrency, true)
+    -- The batched worker's own shape: two statements in flight (a claim
+    -- and a batch of results), claims of half its slots.
+    raw("batched-w", 2, math.max(2, P.batch_concurrency // 2))
+    workers("batch", 1, P.batch_concurrency, true)
   end
-  raw("batched-1", 1, true)
+  -- The issue's reference shape: 10 clients, claims of 10.
+  raw("batched-10", 10, P.batch)
   for _, desc in ipairs(order) do
     local o = outcome[desc]
     if not o.ok then results.errors[#results.errors + 1] = { step = desc, error = err_text(o.err) } end

@@ -51,10 +51,11 @@ local function build_table(results, targets)
   tput("throughput 1 worker x 1, tasks/s", "1x1", "single-1", "share")
   tput("throughput 1 worker x 10, tasks/s", "1x10", "single-10", "share")
   tput("throughput 2 workers x 10, tasks/s (raw: 10 clients)", "2x10", "single-10", nil)
-  tput(string.format("throughput batched 1 worker x %d, tasks/s (raw: 10 x 10)",
-                     results.params.batch_concurrency or 0), "batch", "batched-10", "batch")
-  local rb1 = R["batched-1"]
-  row("raw only: 10 per claim, 1 client, tasks/s", "", rb1 and fmt(rb1.tasks_per_s) or "n/a", "", "", "")
+  local bc = results.params.batch_concurrency or 0
+  tput(string.format("throughput batched 1 worker x %d, tasks/s (raw: 2 clients, %d per claim)",
+                     bc, math.max(2, bc // 2)), "batch", "batched-w", "batch")
+  local rb10 = R["batched-10"]
+  row("raw only: 10 clients, 10 per claim, tasks/s", "", rb10 and fmt(rb10.tasks_per_s) or "n/a", "", "", "")
 
   local pk = results.pickup
   if pk then
@@ -83,6 +84,10 @@ local function build_table(results, targets)
     row("idle RSS / peak RSS, MB", fmt(id.rss_kb and id.rss_kb / 1024, 1) .. " / " ..
         fmt(id.peak_rss_kb and id.peak_rss_kb / 1024, 1), "", "", "<= 6 MB",
         target(targets, "idle RSS MB", id.rss_kb and id.rss_kb / 1024, "<=", 6, "<= 6 MB"))
+    if id.pss_kb then
+      row("  of which its own: PSS / private, MB", fmt(id.pss_kb / 1024, 1) .. " / " ..
+          fmt(id.private_kb and id.private_kb / 1024, 1), "", "", "", "")
+    end
     row("idle CPU s per 30 s", fmt(id.cpu_s_per_30s, 4), "", "", "<= 0.01",
         target(targets, "idle CPU s/30 s", id.cpu_s_per_30s, "<=", 0.01, "<= 0.01"))
     row("idle statements/s", fmt(id.statements_per_s, 2), "", "", "<= 0.2",

@@ -12,15 +12,20 @@ local c
 worker.run {
   required = { "DATABASE_URL", "FERNET_KEY" },
   start = function(state)
+    -- The LISTEN connection opens while the pool makes its first one.
+    local listening = consumer.listen(state.config)
     local ok, ready = pcall(db.wait_ready)
     if not ok then
       if vg.is_cancelled(ready) then error(ready, 0) end
       log.critical("database_unreachable", { error = tostring(ready) })
       os.exit(1)
     end
-    if not ready then return end -- shutdown came first
+    if not ready then -- shutdown came first
+      listening:cancel()
+      return
+    end
     c = consumer.new(state.config, require("vg.steps").options(state.config))
-    c:start()
+    c:start(listening)
   end,
   body = function() c:step() end,
   heartbeat = function(_, fields) if c then c:heartbeat(fields) end end,

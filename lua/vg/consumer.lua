@@ -53,18 +53,37 @@ function M.new(cfg, opts)
   return c
 end
 
--- Before the loop: LISTEN, the liveness lock, the workers row. The LISTEN
--- connection opens while the pool's connection writes the workers row, so
--- start-up waits for one connect, not two in a row.
-function Consumer:start()
-  local listening = vg.spawn(db.listen, "vg_tasks", {
-    -- Held by the listen connection's session for the life of the process:
-    -- when this process dies its session ends and the lock is released,
-    -- which is how other workers know its tasks are orphaned.
-    on_connect = { queue.LIVENESS_LOCK_SQL, self.cfg.instance },
-  })
+-- Open the LISTEN connection, taking the liveness lock on it, in a task of
+-- its own; Consumer:start joins it. lua/worker.lua calls this before it
+-- waits for the pool's first connection, so the two connects overlap.
+-- The task returns true, or false and the error (not logged as a failed
+-- task: start-up reports it, or retries).
+function M.listen(cfg)
+  return vg.spawn(function()
+    local ok, err = pcall(db.listen, "vg_tasks", {
+      -- Held by the listen connection's session for the life of the
+      -- process: when this process dies its session ends and the lock is
+      -- released, which is how other workers know its tasks are orphaned.
+      on_connect = { queue.LIVENESS_LOCK_SQL, cfg.instance },
+    })
+    if not ok and vg.is_cancelled(err) then error(err, 0) end
+    return ok, err
+  end)
+end
+
+-- Before the loop: LISTEN, the liveness lock, the workers row (listening:
+-- the task of M.listen, else one is started here). The workers row is
+-- written while the LISTEN connection opens, and no task is claimed before
+-- the lock is held.
+function Consumer:start(listening)
+  listening = listening or M.listen(self.cfg)
   local ok, err = pcall(self.queue.register, self.queue, "running", self:counts(), vg.version)
-  listening:join()
+  local listened, lerr = listening:join()
+  if not listened then
+    -- Tried before the database could be reached: again, now that it can.
+    listened, lerr = M.listen(self.cfg):join()
+    if not listened then error(lerr, 0) end
+  end
   if not ok then error(err, 0) end
   self.keeper = vg.spawn(self.keep_leases, self)
   -- The first claim goes out at once; the first rescue check a little later.

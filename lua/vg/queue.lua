@@ -37,7 +37,10 @@ WITH due AS MATERIALIZED (
 ]]
 
 -- claimed, touched: take the picked tasks (a new lease and fencing token)
--- and move the channels' round-robin pointer.
+-- and move the channels' round-robin pointer. The picked ids go in as one
+-- array, which pins the UPDATE to the primary key: joined to picked, the
+-- generic plan hashed the whole table for a claim of hundreds (measured:
+-- 4 of 11 ms for a claim of 500 with 20,000 tasks).
 local CLAIM_TAKE = [[
 claimed AS (
     UPDATE tasks t
@@ -46,8 +49,7 @@ claimed AS (
            lease_expires_at = now() + make_interval(secs => $3),
            attempts = CASE WHEN t.status = 'approved' THEN 1 ELSE t.attempts + 1 END,
            lease_token = t.lease_token + 1
-      FROM picked
-     WHERE t.id = picked.id
+     WHERE t.id = ANY (ARRAY(SELECT picked.id FROM picked))
  RETURNING t.id, t.channel_id, t.pipeline, t.payload, t.priority, t.attempts,
            t.max_attempts, t.lease_token, t.status
 ),
@@ -145,14 +147,16 @@ UPDATE tasks
 RETURNING id]]
 
 -- Complete many tasks in one statement (batch mode). $1: JSON
--- [[id, token, result], ...]. Returns the ids whose fence held.
+-- [[id, token, result], ...]. Returns the ids whose fence held. The id
+-- array pins the rows to the primary key (see CLAIM_TAKE).
 M.COMPLETE_MANY_SQL = [[
 UPDATE tasks t
    SET status = 'completed', result = nullif(e.value->2, 'null'::jsonb), last_error = NULL,
        current_step = NULL, lease_expires_at = NULL,
        updated_at = now(), completed_at = now()
   FROM jsonb_array_elements($1::jsonb) e
- WHERE t.id = (e.value->>0)::bigint AND t.lease_token = (e.value->>1)::bigint
+ WHERE t.id = ANY (ARRAY(SELECT (x->>0)::bigint FROM jsonb_array_elements($1::jsonb) x))
+   AND t.id = (e.value->>0)::bigint AND t.lease_token = (e.value->>1)::bigint
    AND t.status IN ('claimed', 'processing')
 RETURNING t.id]]
 
