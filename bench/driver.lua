@@ -255,6 +255,7 @@ end
 -- the words: the constant whose word multiset is most like the statement's.
 local function words(s)
   local bag, n = {}, 0
+  s = s:gsub("%-%-[^\n]*", " ") -- comments (an apostrophe there would pair with a quote)
   s = s:gsub("'[^']*'", " ") -- pg_stat_statements shows literals as $n
   for w in s:lower():gmatch("[%a_][%w_]*") do
     if w ~= "null" and w ~= "true" and w ~= "false" then -- constants too

@@ -45,7 +45,8 @@ local function build_table(results, targets)
     row("  CPU ms/task: worker / PostgreSQL",
         fmt(t.worker_cpu_ms_per_task, 3) .. " / " .. fmt(t.pg_cpu_ms_per_task, 3),
         r and ("- / " .. fmt(r.pg_cpu_ms_per_task, 3)) or "", "", "", "")
-    row("  statements/task", fmt(t.statements_per_task, 2), r and fmt(r.statements_per_task, 2) or "",
+    local function spt(v) return fmt(v, (v and v < 0.1) and 3 or 2) end
+  row("  statements/task", spt(t.statements_per_task), r and spt(r.statements_per_task) or "",
         "", "", "")
   end
   tput("throughput 1 worker x 1, tasks/s", "1x1", "single-1", "share")

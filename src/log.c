@@ -1,5 +1,10 @@
-/* Structured logging. Every line is built in one buffer and written with a
- * single write(), so lines of concurrent tasks never interleave. */
+/* Structured logging. Every line is built in one buffer and written whole
+ * with a single write(), so lines of concurrent tasks never interleave.
+ * While the scheduler runs the loop, lines are collected and written
+ * together once per loop iteration, before the loop waits for I/O (or when
+ * 64 KiB are pending, and at exit): a busy worker makes one write() for the
+ * lines of many tasks instead of one each, and no line waits longer than
+ * the iteration that logged it. */
 #include "vg/log.h"
 
 #include <errno.h>
@@ -16,8 +21,12 @@ static vg_log_level_t min_level = VG_LOG_INFO;
 static vg_log_format_t format = VG_LOG_JSON;
 static char *worker_id;
 static const char *context; /* owned by the running task */
-static vg_buf_t line = VG_BUF_INIT;
+static vg_buf_t line = VG_BUF_INIT; /* the line being built, after any pending ones */
 static int out_fd = STDOUT_FILENO;
+static bool buffered;               /* collect lines until vg_log_flush() */
+static bool flush_at_exit;
+
+#define PENDING_MAX (64 * 1024)
 
 static const char *const level_names[] = {"debug", "info", "warning", "error", "critical"};
 
@@ -52,7 +61,27 @@ int vg_log_parse_level(const char *s, vg_log_level_t *out)
 
 void vg_log_set_context(const char *fragment) { context = fragment; }
 
-void vg_log_set_fd(int fd) { out_fd = fd; }
+static void write_all(const char *p, size_t n);
+
+void vg_log_flush(void)
+{
+    if (line.len == 0) return;
+    write_all(line.data, line.len);
+    vg_buf_reset(&line);
+}
+
+void vg_log_set_buffered(bool on)
+{
+    if (!on) vg_log_flush();
+    if (on && !flush_at_exit) flush_at_exit = atexit(vg_log_flush) == 0;
+    buffered = on;
+}
+
+void vg_log_set_fd(int fd)
+{
+    vg_log_flush();
+    out_fd = fd;
+}
 
 static void write_all(const char *p, size_t n)
 {
@@ -137,7 +166,7 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
 {
     if (!vg_log_enabled(level)) return;
     vg_buf_t *b = &line;
-    vg_buf_reset(b);
+    if (!buffered) vg_buf_reset(b);
     if (format == VG_LOG_CONSOLE) {
         add_timestamp(b);
         vg_buf_printf(b, " %-8s %s", vg_log_level_name(level), event);
@@ -158,7 +187,7 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
         vg_buf_addc(b, '}');
     }
     vg_buf_addc(b, '\n');
-    write_all(b->data, b->len);
+    if (!buffered || b->len >= PENDING_MAX) vg_log_flush();
 }
 
 void vg_log(vg_log_level_t level, const char *event, ...)

@@ -335,7 +335,13 @@ static void ping_done(vg_pgconn_t *c, PGresult *res, void *arg)
  * dead and is closed. */
 static int prepare(vg_pgpool_t *p, vg_pgconn_t *c, vg_pgpool_req_t *r)
 {
-    if (!vg_pgconn_check(c)) {
+    /* A connection whose last query ended within the loop's current
+     * millisecond is handed out without the socket check: the loop has
+     * just read from it, and on a busy worker the check would cost a
+     * syscall per query. (The server can still end a connection at any
+     * moment; a query sent on a lost connection fails as connection_lost.) */
+    bool fresh = c->state == VG_PGCONN_IDLE && c->last_used_ms == uv_now(p->loop);
+    if (!fresh && !vg_pgconn_check(c)) {
         vg_log(VG_LOG_DEBUG, "db_connection_stale", VG_F_STR("error", vg_pgconn_error(c)),
                VG_F_STR("check", "socket"), VG_F_END);
         discard(p, c);

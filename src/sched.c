@@ -51,6 +51,7 @@ static struct {
     lua_State *L;
     uv_loop_t *loop;
     uv_idle_t idle;             /* runs the ready queue */
+    uv_prepare_t flush;         /* writes the log lines of the iteration */
     uv_timer_t grace;           /* shutdown grace, then the forced-exit bound */
     vg_task_t *ready_head, *ready_tail;
     vg_task_t *live;            /* doubly linked list of tasks not yet done */
@@ -796,6 +797,12 @@ int vg_sched_l_current(lua_State *L)
 
 /* ---- host start and end ----------------------------------------------- */
 
+static void on_flush(uv_prepare_t *h)
+{
+    (void)h;
+    vg_log_flush();
+}
+
 void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds)
 {
     memset(&S, 0, sizeof S);
@@ -803,6 +810,8 @@ void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds)
     S.loop = loop;
     S.grace_seconds = grace_seconds;
     uv_idle_init(loop, &S.idle);
+    uv_prepare_init(loop, &S.flush);
+    uv_unref((uv_handle_t *)&S.flush);
     uv_timer_init(loop, &S.grace);
     uv_unref((uv_handle_t *)&S.grace);
     lua_newtable(L);
@@ -825,7 +834,13 @@ void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds)
  * close the scheduler's handles. Returns the exit code. */
 int vg_sched_run(void)
 {
+    /* Log lines are written together once per loop iteration, before the
+     * loop waits for I/O (see vg/log.h). */
+    uv_prepare_start(&S.flush, on_flush);
+    vg_log_set_buffered(true);
     if (S.live_count > 0) uv_run(S.loop, UV_RUN_DEFAULT);
+    vg_log_set_buffered(false);
+    uv_prepare_stop(&S.flush);
     if (!S.ended && S.live_count > 0) {
         log_still_running("tasks_deadlocked", VG_LOG_CRITICAL);
         S.exit_code = 1;
@@ -835,6 +850,7 @@ int vg_sched_run(void)
     S.atexit_fns = NULL;
     S.n_atexit = 0;
     uv_close((uv_handle_t *)&S.idle, NULL);
+    uv_close((uv_handle_t *)&S.flush, NULL);
     uv_close((uv_handle_t *)&S.grace, NULL);
     return S.exit_code;
 }

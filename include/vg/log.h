@@ -38,6 +38,13 @@ void vg_log_set_context(const char *fragment);
  * result send the log to stderr. */
 void vg_log_set_fd(int fd);
 
+/* Buffered: lines are kept until vg_log_flush() (also called when 64 KiB
+ * are pending, and at exit) and then written together, whole. The
+ * scheduler turns this on while it runs the loop and flushes once per loop
+ * iteration. Off: each line is written at once (flushing what is pending). */
+void vg_log_set_buffered(bool on);
+void vg_log_flush(void);
+
 /* Log with typed fields: vg_log(VG_LOG_INFO, "db_connected",
  *     VG_F_STR("host", h), VG_F_INT("port", 5432), VG_F_END); */
 void vg_log(vg_log_level_t level, const char *event, ...);
