@@ -59,7 +59,7 @@ local P = {
   -- of it per statement, so one claim overlaps the previous batch's finish.
   batch_concurrency = math.floor(num_env("BENCH_BATCH_CONCURRENCY", SMOKE and 20 or 1000)),
   run_limit = num_env("BENCH_RUN_SECONDS", 10),
-  repeat_runs = math.floor(num_env("BENCH_REPEAT", SMOKE and 1 or 2)),
+  repeat_runs = math.floor(num_env("BENCH_REPEAT", SMOKE and 1 or 3)),
   pickups = math.floor(num_env("BENCH_PICKUPS", SMOKE and 10 or 200)),
   pickup_gap = 0.03,               -- seconds between a pickup and the next enqueue
   delayed_rounds = SMOKE and 1 or 5,
@@ -730,6 +730,20 @@ local function db_connect_ms()
   return r.code == 0 and tonumber(r.stdout:match("average connection time = ([%d%.]+) ms")) or nil
 end
 
+-- The floor under "start to worker_started": the same binary started and
+-- ended without a script (vg-host --version): loading it and its shared
+-- libraries (libpq's dependency chain is most of them).
+local function exec_floor_ms()
+  local t = {}
+  for i = 1, 5 do
+    local t0 = vg.now()
+    local r = proc.run({ VG_HOST, "--version" }, { timeout = 10 })
+    if r.code ~= 0 then return nil end
+    t[i] = (vg.now() - t0) * 1000
+  end
+  return median(t)
+end
+
 local function run_startstop()
   say("start/stop: %d start(s) with one task waiting, then SIGTERM when idle", P.startstop_reps)
   local started, connected, ready, term, codes = {}, {}, {}, {}, {}
@@ -765,6 +779,7 @@ local function run_startstop()
     to_ready_to_claim_ms = round(median(ready), 2),
     sigterm_to_exit_ms = round(median(term), 2),
     db_connect_ms = round(db_connect_ms(), 3),
+    exec_floor_ms = round(exec_floor_ms(), 2),
     samples = { worker_started = started, database_connected = connected, ready = ready, sigterm = term } }
   for k, l in pairs(res.samples) do
     for i, v in ipairs(l) do l[i] = round(v, 2) end

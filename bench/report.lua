@@ -101,6 +101,8 @@ local function build_table(results, targets)
   local ss = results.startstop
   if ss then
     row("start to worker_started, ms", fmt(ss.to_worker_started_ms, 1), "", "", "", "")
+    row("  the binary alone (vg-host --version: exec, shared libraries), ms",
+        fmt(ss.exec_floor_ms, 1), "", "", "", "")
     row("start to database_connected, ms", fmt(ss.to_database_connected_ms, 1), "", "", "", "")
     local bound = 15 + (ss.db_connect_ms or 0)
     row("start to ready (first claim), ms", fmt(ss.to_ready_to_claim_ms, 1),
