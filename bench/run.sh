@@ -18,10 +18,13 @@
 #   BENCH_OUT            where the JSON goes
 #   BENCH_VG_HOST        the vg-host binary (default build/vg-host)
 #   BENCH_PGBENCH        the pgbench binary (default: the server's version)
-#   BENCH_PGBENCH_MODE   pgbench -M for the raw limit: extended (default; as
-#                        vg.db sends statements), prepared or simple
+#   BENCH_PGBENCH_MODE   pgbench -M for the raw limit: prepared (default, with
+#                        generic plans, as vg.db sends statements), extended
+#                        (unnamed statements; the workers then run with
+#                        VG_DB_PREPARE=off) or simple
 #   BENCH_TASKS, BENCH_CHANNELS, BENCH_RUN_SECONDS, BENCH_PICKUPS,
-#   BENCH_IDLE_SECONDS   override the sizes (see bench/driver.lua)
+#   BENCH_IDLE_SECONDS, BENCH_REPEAT, BENCH_BATCH_CONCURRENCY
+#                        override the sizes (see bench/driver.lua)
 #   BENCH_KEEP=1         keep the temp folder (worker logs, pgbench scripts)
 #   BENCH_LUA_DIR        run the workers from another copy of lua/ (and make
 #                        the pgbench scripts from its vg/queue.lua): compare
@@ -40,7 +43,7 @@ TAP=0
 for a in "$@"; do
     case $a in
         --tap) TAP=1 ;;
-        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "usage: sh bench/run.sh [--tap]" >&2; exit 2 ;;
     esac
 done
