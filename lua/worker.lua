@@ -12,8 +12,10 @@ local c
 worker.run {
   required = { "DATABASE_URL", "FERNET_KEY" },
   start = function(state)
-    -- The LISTEN connection opens while the pool makes its first one.
+    -- The LISTEN connection opens while the pool makes its first one, and
+    -- the pipelines load meanwhile.
     local listening = consumer.listen(state.config)
+    local cons = consumer.new(state.config, require("vg.steps").options(state.config))
     local ok, ready = pcall(db.wait_ready)
     if not ok then
       if vg.is_cancelled(ready) then error(ready, 0) end
@@ -24,7 +26,7 @@ worker.run {
       listening:cancel()
       return
     end
-    c = consumer.new(state.config, require("vg.steps").options(state.config))
+    c = cons
     c:start(listening)
   end,
   body = function() c:step() end,
