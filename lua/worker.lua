@@ -12,10 +12,8 @@ local c
 worker.run {
   required = { "DATABASE_URL", "FERNET_KEY" },
   start = function(state)
-    -- The LISTEN connection opens while the pool makes its first one, and
-    -- the pipelines load meanwhile.
+    -- The LISTEN connection opens while the pool makes its first one.
     local listening = consumer.listen(state.config)
-    local cons = consumer.new(state.config, require("vg.steps").options(state.config))
     local ok, ready = pcall(db.wait_ready)
     if not ok then
       if vg.is_cancelled(ready) then error(ready, 0) end
@@ -26,7 +24,7 @@ worker.run {
       listening:cancel()
       return
     end
-    c = cons
+    c = consumer.new(state.config, require("vg.steps").options(state.config))
     c:start(listening)
   end,
   body = function() c:step() end,
