@@ -34,8 +34,8 @@ local TMP = assert(getenv("BENCH_TMP"), "BENCH_TMP is not set (run bench/run.sh)
 local VG_HOST = assert(getenv("BENCH_VG_HOST"), "BENCH_VG_HOST is not set")
 local LUA_DIR = getenv("BENCH_LUA_DIR") or (ROOT .. "/lua")
 local PGBENCH = getenv("BENCH_PGBENCH") or ""
--- prepared (default): named prepared statements with generic plans, as vg.db
--- sends them by default (VG_DB_PREPARE=on); extended: unnamed statements,
+-- prepared (default): named prepared statements with generic plans, as the
+-- worker sends them by default (VG_DB_PREPARE=on); extended: unnamed statements,
 -- parsed and planned on every call, as vg.db sends them with
 -- VG_DB_PREPARE=off (then the workers of the run get that too).
 local PGBENCH_MODE = getenv("BENCH_PGBENCH_MODE") or "prepared"
@@ -505,7 +505,7 @@ local function run_raw(name, clients, per_claim, script)
     "-D", "lease=60", "-D", "n=" .. per_claim, "-D", 'result={"steps":0}', "-f", script, URL }
   say("raw %s: pgbench, %d client(s), %d task(s) per claim", name, clients, per_claim)
   local before = sample()
-  -- Prepared: generic plans, as vg.db asks for with prepared statements.
+  -- Prepared: generic plans, as the worker asks for (lua/worker.lua).
   local env = PGBENCH_MODE == "prepared" and { PGOPTIONS = "-c plan_cache_mode=force_generic_plan" } or nil
   local r = proc.run(argv, { timeout = P.run_limit, max_output = 1 << 16, env = env })
   -- Its backends' CPU moves to the postmaster's cutime once they have
@@ -831,7 +831,7 @@ local function main()
     rate = "completed / (max(completed_at) - min(claimed_at)) of the completed tasks, database clock",
     worker_cpu = "schedstat (or utime+stime) of the worker processes at the end of the run, start-up included",
     pg_cpu = "utime+stime delta of the postmaster, its children and reaped children, less the driver's backend",
-    pgbench = "pgbench -M " .. PGBENCH_MODE .. " (prepared: generic plans, as vg.db sends them by default; "
+    pgbench = "pgbench -M " .. PGBENCH_MODE .. " (prepared: generic plans, as the worker sends them; "
       .. "extended: unnamed statements, as with VG_DB_PREPARE=off, which the workers then get too), "
       .. "scripts made from vg.queue's SQL",
   }

@@ -19,7 +19,7 @@
 #   BENCH_VG_HOST        the vg-host binary (default build/vg-host)
 #   BENCH_PGBENCH        the pgbench binary (default: the server's version)
 #   BENCH_PGBENCH_MODE   pgbench -M for the raw limit: prepared (default, with
-#                        generic plans, as vg.db sends statements), extended
+#                        generic plans, as the worker sends statements), extended
 #                        (unnamed statements; the workers then run with
 #                        VG_DB_PREPARE=off) or simple
 #   BENCH_TASKS, BENCH_CHANNELS, BENCH_RUN_SECONDS, BENCH_PICKUPS,

@@ -65,11 +65,12 @@
 --   completed_at = now() when it finishes a task), so the tasks_touch row
 --   trigger, whose WHEN clause checks just that, does not run for them
 --   (sql/002_cheaper_task_updates.sql).
--- * vg.db prepares these statements once per connection and asks the server
---   for generic plans (plan_cache_mode=force_generic_plan in the connection
---   options when VG_DB_PREPARE is on): the plans below do not depend on the
---   parameter values, and planning afresh on every execute cost ~10% of the
---   server's time in batch mode.
+-- * vg.db prepares these statements once per connection, and the worker's
+--   pool asks the server for generic plans (db.configure{generic_plans =
+--   true}: plan_cache_mode=force_generic_plan in the connection options,
+--   with VG_DB_PREPARE on): the plans below do not depend on the parameter
+--   values, and planning afresh on every execute cost ~10% of the server's
+--   time in batch mode.
 -- * Inactive channels: the contract (DESIGN 7) does not exclude them, so
 --   neither does this query. To pause a channel with is_active = false,
 --   add "AND c.is_active" to "due".
@@ -139,17 +140,26 @@ SELECT * FROM claimed;
 --
 -- Batch mode claims up to $4 tasks in one statement (lua/vg/queue.lua
 -- CLAIM_MANY_SQL; the worker asks for its free slots, at most half of
--- VG_CONCURRENCY). Same order, applied across the batch:
+-- VG_CONCURRENCY). Same order, applied across the batch, but from one
+-- priority per statement:
 --
 -- * "due" as above, numbered (turn) in round-robin order.
--- * "share": each due pair offers its k oldest due tasks, k being twice an
---   even share of $4 among the pairs of the highest priority that has due
---   tasks, plus one (concurrent claimers may hold some: those are skipped,
---   and a claim under contention may return fewer than $4; the worker then
---   claims again). Cost: about k index entries per due pair, not $4 each.
--- * "candidates" (MATERIALIZED, written in order): priority, then the
---   task's position within its channel (n), then the channel's turn: the
---   first task of every channel, then the second of every channel, ...
+-- * "top": only the pairs of the highest priority that has due tasks. A
+--   batch never mixes priorities, so claims that interleave (several
+--   workers) cannot take a lower priority's tasks while concurrent claimers
+--   hold the higher one's candidates; the claim after the last task of a
+--   priority moves on to the next one.
+-- * "share": each top pair offers its k oldest due tasks, k being twice an
+--   even share of $4 among them, plus one (concurrent claimers may hold
+--   some: those are skipped, and a claim under contention may return fewer
+--   than $4; the worker then claims again). Cost: about k index entries
+--   per pair, not $4 each.
+-- * claimed takes the picked ids as one array (t.id = ANY (ARRAY(...))),
+--   which pins the UPDATE to the primary key: joined to picked, the generic
+--   plan hashed the whole table (4 of 11 ms for a claim of 500).
+-- * "candidates" (MATERIALIZED, written in order): the task's position
+--   within its channel (n), then the channel's turn: the first task of
+--   every channel, then the second of every channel, ...
 -- * "picked" locks the candidates in that order with FOR UPDATE SKIP LOCKED
 --   in a LATERAL by primary key, rechecking that each is still claimable,
 --   and stops after $4: as in 1, only the rows taken are locked (a sort or

@@ -12,6 +12,9 @@ local c
 worker.run {
   required = { "DATABASE_URL", "FERNET_KEY" },
   start = function(state)
+    -- The worker sends the queue's fixed statements over and over: generic
+    -- plans spare the server planning them again (see vg.db).
+    db.configure { generic_plans = true }
     -- The LISTEN connection opens while the pool makes its first one.
     local listening = consumer.listen(state.config)
     local ok, ready = pcall(db.wait_ready)

@@ -135,4 +135,16 @@ describe("db.query with parameters", function()
     plain:transaction(function(tx) assert.is_nil(next(prepared(tx))) end)
     plain:close(0)
   end)
+
+  it("asks for generic plans only with generic_plans = true (the worker's pool)", function()
+    local function mode(opts)
+      local p = new_pool(opts)
+      local v = p:query("select current_setting('plan_cache_mode') as m")[1].m
+      p:close(0)
+      return v
+    end
+    assert.equal("auto", mode { pool_size = 1 })
+    assert.equal("force_generic_plan", mode { pool_size = 1, generic_plans = true })
+    assert.equal("auto", mode { pool_size = 1, generic_plans = true, prepare = false })
+  end)
 end)

@@ -10,6 +10,7 @@
  *                                it exists; the next use opens a new one)
  *   core.new_pool(opts)          another pool: opts url, pool_size,
  *                                max_overflow, pool_timeout, pre_ping, prepare,
+ *                                generic_plans,
  *                                connect_timeout, application_name
  *   core.Pool                    the pool methods table (db.lua adds
  *                                transaction)
@@ -143,6 +144,9 @@ static void push_pool(lua_State *L, int idx)
     if (cfg_idx) {
         lua_getfield(L, cfg_idx, "prepare");
         if (lua_isboolean(L, -1)) cfg.prepare = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, cfg_idx, "generic_plans");
+        cfg.generic_plans = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
     char *err = NULL;

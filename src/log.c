@@ -2,9 +2,9 @@
  * with a single write(), so lines of concurrent tasks never interleave.
  * While the scheduler runs the loop, lines are collected and written
  * together once per loop iteration, before the loop waits for I/O (or when
- * 64 KiB are pending, and at exit): a busy worker makes one write() for the
- * lines of many tasks instead of one each, and no line waits longer than
- * the iteration that logged it. */
+ * 64 KiB are pending, with any error line, and at exit): a busy worker
+ * makes one write() for the lines of many tasks instead of one each, and no
+ * line waits longer than the iteration that logged it. */
 #include "vg/log.h"
 
 #include <errno.h>
@@ -187,7 +187,9 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
         vg_buf_addc(b, '}');
     }
     vg_buf_addc(b, '\n');
-    if (!buffered || b->len >= PENDING_MAX) vg_log_flush();
+    /* Errors go out at once, with what came before them: they may be the
+     * last lines before a crash. */
+    if (!buffered || b->len >= PENDING_MAX || level >= VG_LOG_ERROR) vg_log_flush();
 }
 
 void vg_log(vg_log_level_t level, const char *event, ...)

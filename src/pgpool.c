@@ -340,6 +340,7 @@ static int prepare(vg_pgpool_t *p, vg_pgconn_t *c, vg_pgpool_req_t *r)
      * just read from it, and on a busy worker the check would cost a
      * syscall per query. (The server can still end a connection at any
      * moment; a query sent on a lost connection fails as connection_lost.) */
+    uv_update_time(p->loop); /* the loop's cached time may be old after long Lua work */
     bool fresh = c->state == VG_PGCONN_IDLE && c->last_used_ms == uv_now(p->loop);
     if (!fresh && !vg_pgconn_check(c)) {
         vg_log(VG_LOG_DEBUG, "db_connection_stale", VG_F_STR("error", vg_pgconn_error(c)),
@@ -710,14 +711,15 @@ vg_pgpool_t *vg_pgpool_new(uv_loop_t *loop, const vg_pgpool_cfg_t *cfg, char **e
     p->describe = vg_dburl_describe(cfg->url);
 
     /* The URL's settings, plus ours: results in ISO dates and UTC, UTF-8,
-     * and a name in pg_stat_activity. With prepared statements, generic
-     * plans: the statements vg.db prepares are fixed queue statements whose
-     * plan does not depend on the values, and the server would otherwise
-     * keep planning some of them afresh on every execute (make bench: about
-     * 10% more tasks/s in batch mode). The URL's own options come after
-     * ours, so they can override it. */
+     * and a name in pg_stat_activity. Generic plans when asked for (the
+     * worker does: its statements are the queue's fixed ones, whose plans do
+     * not depend on the values, and the server would otherwise keep planning
+     * some of them afresh on every execute; make bench: about 10% more
+     * tasks/s in batch mode). Not by default: an ad-hoc query on a skewed
+     * column is better planned for its values. The URL's own options come
+     * after ours, so they can override them. */
     params_t pp = {NULL, NULL, 0, 0};
-    const char *ours = p->cfg.prepare
+    const char *ours = p->cfg.prepare && p->cfg.generic_plans
         ? "-c DateStyle=ISO,YMD -c TimeZone=UTC -c plan_cache_mode=force_generic_plan"
         : "-c DateStyle=ISO,YMD -c TimeZone=UTC";
     bool has_app = false, has_enc = false, has_opts = false, has_keepalive = false;

@@ -40,6 +40,7 @@ typedef struct {
     int max_overflow;             /* more under load, closed when returned */
     bool pre_ping;
     bool prepare;                 /* server-side prepared statements (vg_pgconn_send) */
+    bool generic_plans;           /* with prepare: plan_cache_mode=force_generic_plan */
     double connect_timeout;       /* seconds per connection attempt */
     double pool_timeout;          /* seconds a checkout waits for a busy pool */
     const char *application_name; /* NULL: the URL's, else "vg-host" */

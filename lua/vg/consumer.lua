@@ -197,9 +197,11 @@ end
 -- Batch mode leaves claiming to the dispatcher.
 function Consumer:run_slot(task, handle)
   while true do
-    self.running[task.id] = { task = task, handle = handle }
+    local entry = { task = task, handle = handle }
+    self.running[task.id] = entry
     local ok, err = pcall(self.run_task, self, task)
     self.running[task.id] = nil
+    log.clear_context("correlation_id")
     if not ok then
       if vg.is_cancelled(err) then error(err, 0) end
       -- A database error while recording the outcome: the lease will
@@ -207,6 +209,11 @@ function Consumer:run_slot(task, handle)
       log.error("task_outcome_not_recorded", { task_id = task.id, error = err_text(err) })
       return
     end
+    -- The lease keeper cancelled this slot for that task (its renewal may
+    -- have raced the task's own completion): the cancel may still be
+    -- pending, so claim nothing more here, where it would interrupt the
+    -- claim after the server made it.
+    if entry.lease_lost then return end
     if self.batch or not self.claim_now or vg.shutdown_requested() then return end
     local cok, rows = pcall(self.queue.claim, self.queue, 1)
     if not cok then
@@ -216,6 +223,14 @@ function Consumer:run_slot(task, handle)
     end
     task = rows[1]
     if not task then return end
+    if vg.shutdown_requested() then
+      -- Shutdown began while the claim was on its way: give the task back
+      -- at once (the attempt not counted) rather than start it now.
+      local rok, released = pcall(self.queue.release, self.queue, task)
+      self.stats.released = self.stats.released + 1
+      log.info("task_released", { task_id = task.id, released = rok and released or false })
+      return
+    end
   end
 end
 

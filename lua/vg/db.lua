@@ -32,7 +32,9 @@
 --       checked out after timeout (default VG_SHUTDOWN_GRACE) were closed
 --   db.configure(opts)          settings of the default pool (url, pool_size,
 --       max_overflow, pool_timeout, pre_ping, prepare, connect_timeout,
---       application_name); the next use opens it with them
+--       application_name, generic_plans: prepared statements get generic
+--       plans, for a fixed set of statements run many times, as the
+--       worker's); the next use opens it with them
 --   db.pool(opts)               -> a separate pool with the same methods
 --       (pool:query, pool:transaction, pool:listen, ..., pool:close)
 --   db.null, db.bytea(s)

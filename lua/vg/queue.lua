@@ -79,30 +79,35 @@ picked AS (
 ),
 ]] .. CLAIM_TAKE
 
--- Claim up to $4 (> 1) tasks in one statement (batch mode), fairly: each
--- due pair offers its oldest k tasks (k: twice an even share of $4 among
--- the pairs of the highest priority that has due tasks, plus one, in case
--- concurrent claimers hold some), and the candidates are locked in
--- round-robin order: priority, then the first task of every channel, then
--- the second, and so on. As in CLAIM_SQL, the materialised CTE keeps that
--- order and the LATERAL locks only the rows the LIMIT takes.
+-- Claim up to $4 (> 1) tasks in one statement (batch mode), fairly, and
+-- only from the highest priority that has due tasks (the next claim moves
+-- on to the next priority once it is done, so a batch never takes a lower
+-- priority's tasks while higher ones wait, however claims interleave):
+-- each of its due channels offers its oldest k tasks (k: twice an even
+-- share of $4 among them, plus one, in case concurrent claimers hold some),
+-- and the candidates are locked in round-robin order: the first task of
+-- every channel, then the second, and so on. As in CLAIM_SQL, the
+-- materialised CTE keeps that order and the LATERAL locks only the rows
+-- the LIMIT takes.
 M.CLAIM_MANY_SQL = CLAIM_DUE .. [[
+top AS MATERIALIZED (
+    SELECT * FROM due WHERE due.rank = (SELECT min(rank) FROM due)
+),
 share AS (
-    SELECT 2 * ceil($4::float8 / count(*))::int + 1 AS k
-      FROM due WHERE due.rank = (SELECT min(rank) FROM due)
+    SELECT 2 * ceil($4::float8 / count(*))::int + 1 AS k FROM top
 ),
 candidates AS MATERIALIZED (
     SELECT x.id
-      FROM due
+      FROM top
      CROSS JOIN LATERAL (
            SELECT t.id, row_number() OVER (ORDER BY t.run_at, t.id) AS n
              FROM tasks t
-            WHERE t.channel_id = due.channel_id AND t.priority_rank = due.rank
+            WHERE t.channel_id = top.channel_id AND t.priority_rank = top.rank
               AND t.status IN ('pending', 'retry', 'approved')
               AND t.run_at <= now()
             ORDER BY t.run_at, t.id
             LIMIT (SELECT k FROM share)) x
-     ORDER BY due.rank, x.n, due.turn
+     ORDER BY x.n, top.turn
 ),
 picked AS (
     SELECT p.id
