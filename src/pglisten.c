@@ -35,6 +35,7 @@ struct vg_pglistener {
     lcmd_t *cmd_head, *cmd_tail;
     vg_pgnotify_t *q_head, *q_tail;
     int q_len;
+    bool dropping;      /* dropped since the queue was last drained: logged once */
     vg_pgwait_t *w_head, *w_tail;
     uv_timer_t retry;
     double backoff;
@@ -135,9 +136,10 @@ static void on_listen_notify(vg_pgconn_t *c, PGnotify *pn, void *arg)
         l->q_head = old->next;
         if (!l->q_head) l->q_tail = NULL;
         l->q_len--;
-        if (l->q_len == NOTIFY_QUEUE_MAX - 1)
+        if (!l->dropping) /* once until the queue is read empty again */
             vg_log(VG_LOG_WARNING, "db_notifications_dropped", VG_F_STR("channel", old->channel),
                    VG_F_INT("queued", l->q_len), VG_F_END);
+        l->dropping = true;
         vg_pgnotify_free(old);
     }
     if (l->q_tail) l->q_tail->next = n;
@@ -371,7 +373,10 @@ vg_pgnotify_t *vg_pglistener_pop(vg_pglistener_t *l)
     vg_pgnotify_t *n = l->q_head;
     if (!n) return NULL;
     l->q_head = n->next;
-    if (!l->q_head) l->q_tail = NULL;
+    if (!l->q_head) {
+        l->q_tail = NULL;
+        l->dropping = false;
+    }
     l->q_len--;
     n->next = NULL;
     return n;

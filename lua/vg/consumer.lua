@@ -358,6 +358,9 @@ function Consumer:step()
         self:maybe_rescue()
       end
     end
+    -- Notifications that came while every slot was busy: read them (so they
+    -- do not pile up during long tasks); any of them means work may wait.
+    while db.wait_notification(0) do self.claim_now = true end
     return
   end
   if vg.shutdown_requested() then return end
