@@ -32,6 +32,9 @@ worker.run {
   end,
   body = function() c:step() end,
   heartbeat = function(_, fields) if c then c:heartbeat(fields) end end,
+  backoff = function(_, delay)
+    if c then c:backoff(delay) else vg.sleep(delay) end
+  end,
   stop = function()
     if c then c:stop() end
     db.close()

@@ -89,6 +89,7 @@
 
 #include "vg/buf.h"
 #include "vg/err.h"
+#include "vg/guard.h"
 #include "vg/proc.h"
 #include "vg/sched_host.h"
 
@@ -790,9 +791,31 @@ static const luaL_Reg process_methods[] = {
 
 static void on_host_exit(void *arg) { vg_proc_shutdown(vg_loop(), SHUTDOWN_MAX_WAIT); }
 
+/* proc.fence(deadline) -> sets the fence deadline (vg.now() seconds; nil or
+ * 0 clears it): when it passes, the step guard SIGKILLs the process group of
+ * every child at once, even if this process is spinning or stopped. */
+static int l_proc_fence(lua_State *L)
+{
+    double d = lua_isnoneornil(L, 1) ? 0.0 : (double)luaL_checknumber(L, 1);
+    vg_guard_set_deadline(d);
+    return 0;
+}
+
+/* proc.guard_pid() -> the pid of the step guard, or nil before the first
+ * child (for tests and diagnostics). */
+static int l_proc_guard_pid(lua_State *L)
+{
+    int pid = vg_guard_pid();
+    if (pid > 0) lua_pushinteger(L, pid);
+    else lua_pushnil(L);
+    return 1;
+}
+
 static const luaL_Reg proc_funcs[] = {
     {"run", l_proc_run},
     {"spawn", l_proc_spawn},
+    {"fence", l_proc_fence},
+    {"guard_pid", l_proc_guard_pid},
     {NULL, NULL},
 };
 

@@ -17,6 +17,7 @@
 #include "vg/buf.h"
 #include "vg/config.h"
 #include "vg/err.h"
+#include "vg/host_exit.h"
 #include "vg/log.h"
 #include "vg/sched_host.h"
 #include "vg/sig.h"
@@ -154,14 +155,14 @@ static void preload(lua_State *L, const char *name, lua_CFunction open)
 }
 
 /* os.exit without closing the state: the loop may still own handles that
- * point into Lua memory. Buffered C streams are flushed by exit(). */
+ * point into Lua memory. It leaves through vg_host_exit like every exit, so
+ * step commands still running are killed. */
 static int l_os_exit(lua_State *L)
 {
     int code;
     if (lua_isboolean(L, 1)) code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
     else code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
-    exit(code);
-    return 0;
+    vg_host_exit(code, NULL);
 }
 
 static void create_arg_table(lua_State *L, const cli_t *cli)
@@ -208,6 +209,7 @@ static int pmain(lua_State *L)
     }
     uv_loop_t *loop = uv_default_loop();
     vg_sched_init(L, loop, vg_config_num("VG_SHUTDOWN_GRACE"));
+    vg_sched_set_slice(vg_config_num("VG_TASK_SLICE"));
     if (vg_sig_init(loop, on_signal) != 0) {
         vg_log(VG_LOG_CRITICAL, "signal_setup_failed", VG_F_END);
         lua_pushinteger(L, EXIT_FATAL);
@@ -301,9 +303,6 @@ int main(int argc, char **argv)
     bool signalled = vg_shutdown_requested();
     if (!cli.check_only) close_loop();
     lua_close(L);
-    if (signalled) {
-        vg_log(VG_LOG_INFO, "worker_shutdown", VG_F_INT("exit_code", code), VG_F_END);
-        if (code != EXIT_FATAL) code = EXIT_OK;
-    }
-    return code;
+    if (signalled && code != EXIT_FATAL) code = EXIT_OK;
+    vg_host_exit(code, NULL);
 }

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "vg/buf.h"
+#include "vg/guard.h"
 #include "vg/log.h"
 
 /* After the child exits, output is read this much longer at most: a
@@ -249,6 +250,7 @@ static void finish(vg_proc_t *p)
     p->done = true;
     /* What a terminated command left behind in its group goes too. */
     if (p->terminating) (void)signal_group(p, SIGKILL); /* ESRCH: none left */
+    vg_guard_remove(p->pid);
     close_all(p);
     if (p->listener) p->listener(p->listener_arg, VG_PROC_EV_DONE);
 }
@@ -431,6 +433,8 @@ int vg_proc_start(uv_loop_t *loop, const vg_proc_opts_t *o, vg_proc_listener_fn 
     }
     p->spawned = true;
     p->pid = p->process.pid;
+    /* The guard kills the group if this host dies before the child ends. */
+    (void)vg_guard_add(p->pid);
     vg_log(VG_LOG_DEBUG, "proc_started", VG_F_INT("pid", p->pid), VG_F_STR("command", p->command),
            VG_F_END);
     start_io(p, o);
@@ -512,6 +516,12 @@ void vg_proc_shutdown(uv_loop_t *loop, double max_wait)
         if (!p->exited) (void)signal_group(p, SIGKILL);
         close_all(p);
     }
+}
+
+void vg_proc_kill_groups(void)
+{
+    for (vg_proc_t *p = live; p; p = p->next)
+        if (p->spawned && !p->exited) (void)signal_group(p, SIGKILL);
 }
 
 /* ---- signal names ------------------------------------------------------- */

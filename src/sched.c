@@ -11,6 +11,7 @@
 
 #include "vg/buf.h"
 #include "vg/err.h"
+#include "vg/host_exit.h"
 #include "vg/log.h"
 
 #define TASK_MT "vg.Task"
@@ -31,6 +32,7 @@ struct vg_task {
     bool cancel_pending;        /* deliver `cancelled` at the current/next wait */
     bool failed;
     bool cancelled;             /* ended by a cancellation */
+    bool sliced;                /* ran longer than the slice without yielding */
     int nargs;                  /* arguments for the first resume */
     /* The pending wait. */
     unsigned wait_flags;
@@ -64,6 +66,8 @@ static struct {
     bool ended;                 /* uv_stop was called because no task remains */
     int exit_code;
     double grace_seconds;
+    uint64_t slice_ns;          /* VG_TASK_SLICE; 0: no limit */
+    uint64_t resumed_at;        /* uv_hrtime() of the current resume */
     int on_shutdown_ref;        /* table of functions */
     struct atexit_fn { vg_atexit_fn fn; void *arg; } *atexit_fns;
     size_t n_atexit;
@@ -315,6 +319,9 @@ static void task_finish(vg_task_t *t, bool ok, int nres)
         const char *tb = lua_tostring(L, -1);
         if (cancelled) {
             vg_log(VG_LOG_DEBUG, "task_cancelled", VG_F_INT("task", t->id), VG_F_END);
+        } else if (!t->is_main && vg_err_is(L, errv, "slice_exceeded")) {
+            vg_log(VG_LOG_ERROR, "task_slice_exceeded", VG_F_INT("task", t->id),
+                   VG_F_STR("error", msg), VG_F_STR("traceback", tb), VG_F_END);
         } else if (t->is_main && vg_err_is(L, errv, "configuration_invalid")) {
             /* already reported in its own critical line */
         } else if (t->is_main) {
@@ -355,6 +362,45 @@ static void task_finish(vg_task_t *t, bool ok, int nres)
     }
 }
 
+/* ---- the time slice ---------------------------------------------------- */
+
+/* Instructions between two looks at the clock: a clock read per ~10,000 VM
+ * instructions costs nothing measurable and notices a spin within well
+ * under a millisecond past the slice. */
+#define SLICE_HOOK_COUNT 10000
+
+/* A task that runs longer than the slice without yielding freezes every
+ * other task, the heartbeat, lease renewal and signal handling. The hook
+ * stops it: where the task can yield, the hook yields it and the scheduler
+ * ends it with a slice_exceeded error, without resuming it again, so no
+ * pcall inside it can swallow that. Where it cannot yield (inside a C call
+ * without a continuation, such as a table.sort comparator, or in a plain
+ * coroutine of its own), the hook raises slice_exceeded instead, at every
+ * tick until the task yields or ends. A single long C call (a huge
+ * string.rep, a regex over megabytes) runs no hook: the slice cannot stop
+ * it until it returns. */
+static void slice_hook(lua_State *co, lua_Debug *ar)
+{
+    (void)ar;
+    vg_task_t *t = S.running;
+    if (!t || S.slice_ns == 0) return;
+    uint64_t ran = uv_hrtime() - S.resumed_at;
+    if (ran < S.slice_ns) return;
+    t->sliced = true;
+    if (co == t->co && lua_isyieldable(co)) {
+        lua_yield(co, 0); /* task_resume ends the task */
+        return;
+    }
+    vg_err_raise(co, "slice_exceeded", true,
+                 "task %I ran %f s without yielding (VG_TASK_SLICE is %f s)", (lua_Integer)t->id,
+                 (lua_Number)ran / 1e9, (lua_Number)S.slice_ns / 1e9);
+}
+
+void vg_sched_set_slice(double seconds)
+{
+    S.slice_ns = seconds > 0 ? (uint64_t)(seconds * 1e9) : 0;
+}
+
 static void task_resume(vg_task_t *t)
 {
     lua_State *co = t->co;
@@ -367,10 +413,20 @@ static void task_resume(vg_task_t *t)
     S.running = t;
     vg_log_set_context(t->log_context);
     int nres = 0;
+    S.resumed_at = uv_hrtime();
     int rc = lua_resume(co, S.L, nargs, &nres);
     S.running = NULL;
     vg_log_set_context(NULL);
-    if (rc == LUA_YIELD) {
+    if (rc == LUA_YIELD && t->sliced && t->state == T_RUNNING) {
+        /* The slice hook yielded it: end it here, never to run again. */
+        lua_pop(co, nres);
+        vg_err_push(co, "slice_exceeded", true,
+                    "task %I ran %f s without yielding (VG_TASK_SLICE is %f s) and was stopped",
+                    (lua_Integer)t->id, (lua_Number)(uv_hrtime() - S.resumed_at) / 1e9,
+                    (lua_Number)S.slice_ns / 1e9);
+        task_finish(t, false, 1);
+    } else if (rc == LUA_YIELD) {
+        t->sliced = false; /* it yielded in time after a raise: a new slice */
         if (t->state == T_RUNNING) {
             /* A plain coroutine.yield() in a task: give others a turn. */
             lua_pop(co, nres);
@@ -435,6 +491,8 @@ vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
     }
     lua_setiuservalue(L, -2, UV_CONTEXT);
     uv_timer_init(S.loop, &t->timer);
+    /* Threads the task creates inherit the hook. */
+    lua_sethook(co, slice_hook, LUA_MASKCOUNT, SLICE_HOOK_COUNT);
     lua_pushvalue(L, -1);
     t->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
     t->next = S.live;
@@ -509,8 +567,7 @@ static void log_still_running(const char *event, vg_log_level_t level)
 static void on_force_timeout(uv_timer_t *h)
 {
     log_still_running("shutdown_forced", VG_LOG_CRITICAL);
-    vg_log(VG_LOG_INFO, "worker_shutdown", VG_F_STR("reason", "forced"), VG_F_END);
-    exit(0);
+    vg_host_exit(0, "forced");
 }
 
 static void grace_expired(void)
@@ -543,7 +600,7 @@ void vg_sched_shutdown(const char *signame)
             grace_expired();
         } else {
             vg_log(VG_LOG_WARNING, "shutdown_forced", VG_F_STR("signal", signame), VG_F_END);
-            exit(0);
+            vg_host_exit(0, "forced");
         }
         return;
     }

@@ -87,6 +87,10 @@ void vg_proc_terminate(vg_proc_t *p);
  * closes whatever is left. */
 void vg_proc_shutdown(uv_loop_t *loop, double max_wait);
 
+/* SIGKILL, now, to the process group of every child that has not been
+ * reaped: for an exit that cannot wait for the loop (vg_host_exit). */
+void vg_proc_kill_groups(void);
+
 /* Signals by name ("TERM", "SIGTERM", case-insensitive): number or -1. */
 int vg_proc_signal_number(const char *name);
 /* "SIGTERM" for 15; NULL for unknown numbers. */

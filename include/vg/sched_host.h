@@ -6,6 +6,8 @@
 #include "vg/sched.h"
 
 void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds);
+/* VG_TASK_SLICE: the longest a task may run without yielding; <= 0: none. */
+void vg_sched_set_slice(double seconds);
 /* Run until every task has ended; returns the exit code (0 or 1). */
 int vg_sched_run(void);
 int vg_sched_exit_code(void);

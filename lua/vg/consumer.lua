@@ -1,7 +1,15 @@
 -- The queue side of a worker: the loop body that claims tasks and runs each
--- in its own Lua task (up to VG_CONCURRENCY at once), the lease keeper, the
--- rescue of orphaned work, and the release of unfinished tasks at the end
--- of the shutdown grace.
+-- in its own Lua task (up to VG_CONCURRENCY at once), liveness and leases
+-- with self-fencing (docs/fencing.md), the rescue of orphaned work, and the
+-- release of unfinished tasks at the end of the shutdown grace.
+--
+-- The safety rule: a task runs only while this worker's last successful
+-- renewal (of its liveness and of the task's lease), timed on the monotonic
+-- clock from before the renewal was sent, is younger than the lease minus
+-- VG_FENCE_MARGIN. Past that the fencer cancels the task, and the step
+-- guard (vg.proc.fence) SIGKILLs the step commands' process groups, even if
+-- this process is spinning. Other workers take a task over only once its
+-- lease or its owner's liveness has passed on the database clock.
 --
 -- Waiting for work costs nothing: the dispatcher sleeps on the LISTEN
 -- connection until a vg_tasks notification, the next delayed task's run_at,
@@ -11,10 +19,26 @@ local db = require "vg.db"
 local log = require "vg.log"
 local queue = require "vg.queue"
 local pipeline = require "vg.pipeline"
+local proc = require "vg.proc"
 
 local M = {}
 
-M.RESCUE_INTERVAL = 2 -- seconds between rescue checks while work is in flight
+M.RENEW_PER_LIVENESS = 5  -- liveness renewals per VG_LIVENESS_SECONDS
+M.RESCUE_SLACK = 0.05     -- look for a lapsed lease this long after it lapses
+
+-- Errors of the database's reachability rather than of the task: they
+-- never use up a task's attempts, and writes retry through them.
+local INFRA_CODES = {
+  pool_timeout = true, connection_lost = true, connect_failed = true,
+  database_unreachable = true,
+}
+function M.is_infra(e)
+  if type(e) ~= "table" then return false end
+  if INFRA_CODES[e.code] then return true end
+  local st = type(e.sqlstate) == "string" and e.sqlstate or ""
+  -- 08: connection exception; 57P: the server is shutting down or restarting.
+  return st:sub(1, 2) == "08" or st:sub(1, 3) == "57P"
+end
 
 local Consumer = {}
 Consumer.__index = Consumer
@@ -29,13 +53,25 @@ function M.new(cfg, opts)
   c.batch = cfg.VG_BATCH and true or false
   c.poll_interval = cfg.VG_POLL_INTERVAL or 5
   c.lease_seconds = cfg.VG_LEASE_SECONDS or 60
+  c.liveness = cfg.VG_LIVENESS_SECONDS or 5
+  c.margin = cfg.VG_FENCE_MARGIN or 1
+  if c.margin * 2 > c.liveness or c.margin * 2 > c.lease_seconds then
+    error(string.format("VG_FENCE_MARGIN (%g s) must be at most half of VG_LIVENESS_SECONDS "
+      .. "(%g s) and of VG_LEASE_SECONDS (%g s)", c.margin, c.liveness, c.lease_seconds), 0)
+  end
   c.queue = queue.new {
     worker_id = cfg.worker_id, instance = cfg.instance, lease_seconds = c.lease_seconds,
     retry_base = opts.retry_base or cfg.VG_RETRY_BASE, retry_max = opts.retry_max or cfg.VG_RETRY_MAX,
+    restart_grace = math.max(10, 2 * c.liveness),
   }
+  -- This worker's liveness: held while vg.now() < deadline. Tasks claimed
+  -- under an earlier epoch are fenced.
+  c.live = { epoch = 0, deadline = 0 }
+  c.fence_wake = vg.event()   -- the earliest deadline may have changed
+  c.busy = vg.event()         -- a task started: the keeper renews again
   c.pipelines = opts.pipelines or pipeline.load(cfg.VG_PIPELINES or "pipelines")
   c.env = {
-    queue = c.queue,
+    queue = M.retrying_queue(c),
     gates = opts.gates or function() return cfg.VG_REVIEW_GATES ~= false end,
     context = opts.context,
     after_step = opts.after_step,
@@ -46,35 +82,34 @@ function M.new(cfg, opts)
   c.running = {}          -- task id -> { task = row, handle = vg task }
   c.n_running = 0
   c.slot_free = vg.event()
-  c.stats = { done = 0, failed = 0, retried = 0, released = 0, lost = 0 }
+  c.stats = { done = 0, failed = 0, retried = 0, released = 0, lost = 0, fenced = 0 }
   c.claim_now = true      -- try a claim before the first wait
   c.next_rescue = 0
   c.in_flight_seen = 0
   return c
 end
 
--- Open the LISTEN connection, taking the liveness lock on it, in a task of
--- its own; Consumer:start joins it. lua/worker.lua calls this before it
--- waits for the pool's first connection, so the two connects overlap.
--- The task returns true, or false and the error (not logged as a failed
--- task: start-up reports it, or retries).
+-- Open the LISTEN connection in a task of its own; Consumer:start joins
+-- it. lua/worker.lua calls this before it waits for the pool's first
+-- connection, so the two connects overlap. The task returns true, or false
+-- and the error (not logged as a failed task: start-up reports it, or
+-- retries).
 function M.listen(cfg)
   return vg.spawn(function()
     local ok, err = pcall(db.listen, "vg_tasks", {
-      -- Held by the listen connection's session for the life of the
-      -- process: when this process dies its session ends and the lock is
-      -- released, which is how other workers know its tasks are orphaned.
-      on_connect = { queue.LIVENESS_LOCK_SQL, cfg.instance },
+      -- The session waits for notifications for hours: a role or server
+      -- idle_session_timeout must not end it. (Liveness does not depend on
+      -- this session: see docs/fencing.md.)
+      on_connect = "SET idle_session_timeout = 0",
     })
     if not ok and vg.is_cancelled(err) then error(err, 0) end
     return ok, err
   end)
 end
 
--- Before the loop: LISTEN, the liveness lock, the workers row (listening:
--- the task of M.listen, else one is started here). The workers row is
--- written while the LISTEN connection opens, and no task is claimed before
--- the lock is held.
+-- Before the loop: LISTEN and the workers row (listening: the task of
+-- M.listen, else one is started here), then the keeper (renewals) and the
+-- fencer (the safety rule's clock).
 function Consumer:start(listening)
   listening = listening or M.listen(self.cfg)
   local ok, err = pcall(self.queue.register, self.queue, "running", self:counts(), vg.version)
@@ -85,13 +120,20 @@ function Consumer:start(listening)
     if not listened then error(lerr, 0) end
   end
   if not ok then error(err, 0) end
-  self.keeper = vg.spawn(self.keep_leases, self)
+  self.keeper = vg.spawn(self.keep_alive, self)
+  self.fencer = vg.spawn(self.fence_loop, self)
   -- The first claim goes out at once; the first rescue check a little later.
-  self.next_rescue = vg.now() + M.RESCUE_INTERVAL
+  self.next_rescue = vg.now() + 1
 end
 
 function Consumer:counts()
   return { done = self.stats.done, failed = self.stats.failed, in_flight = self.n_running }
+end
+
+-- Whether this worker's liveness is held now, and for how much longer.
+function Consumer:liveness()
+  local left = self.live.deadline - vg.now()
+  return { held = left > 0, seconds_left = math.max(0, left), epoch = self.live.epoch }
 end
 
 -- Heartbeat: the workers row and the fields of the heartbeat line.
@@ -99,36 +141,219 @@ function Consumer:heartbeat(fields)
   fields.tasks_done = self.stats.done
   fields.tasks_failed = self.stats.failed
   fields.tasks_retried = self.stats.retried
+  fields.tasks_fenced = self.stats.fenced
   fields.in_flight = self.n_running
+  fields.liveness = self:liveness().held and "held" or "not_held"
   self.queue:register(vg.shutdown_requested() and "draining" or "running", self:counts(), vg.version)
 end
 
--- Renew the leases of the running tasks every third of the lease; a task
--- whose lease could not be renewed (rescued, released elsewhere) is
--- cancelled: its step command is terminated and it writes nothing more.
-function Consumer:keep_leases()
-  local every = self.lease_seconds / 3
-  while not (vg.shutdown_requested() and self.n_running == 0) do
-    vg.sleep(every, { interruptible = false })
-    local list = {}
-    for _, r in pairs(self.running) do list[#list + 1] = r.task end
-    if #list > 0 then
-      local ok, still = pcall(self.queue.renew, self.queue, list)
-      if not ok then
-        if vg.is_cancelled(still) then error(still, 0) end
-        log.warning("lease_renewal_failed", { error = tostring(still), tasks = #list })
-      else
-        for _, t in ipairs(list) do
-          local r = self.running[t.id]
-          if r and not still[t.id] then
-            r.lease_lost = true
-            log.warning("task_lease_lost", { task_id = t.id })
-            r.handle:cancel()
-          end
+-- ---- liveness, leases and the fence ----------------------------------------
+
+-- The connection for liveness and lease renewals: a pool of one, so that a
+-- renewal never waits behind task queries. Opened on first use.
+function Consumer:live_pool()
+  if not self.live_db then
+    self.live_db = db.pool {
+      url = self.cfg.DATABASE_URL, pool_size = 1, max_overflow = 0,
+      pool_timeout = self.liveness, application_name = "vg-host liveness",
+    }
+  end
+  return self.live_db
+end
+
+-- The monotonic time by which this task must be stopped: the earlier of
+-- its lease's and the liveness's deadlines; -inf once it was claimed under
+-- a liveness epoch that has ended.
+function Consumer:deadline_of(task)
+  if task.live_epoch ~= self.live.epoch then return -math.huge end
+  return math.min(task.lease_deadline or -math.huge, self.live.deadline)
+end
+
+-- Stop a task now: it is cancelled (its step command's process group gets
+-- SIGTERM, and the guard has SIGKILLed it at the deadline already) and
+-- writes nothing more.
+function Consumer:fence(entry, reason)
+  if entry.lease_lost then return end
+  entry.lease_lost = true
+  self.stats.fenced = self.stats.fenced + 1
+  log.warning("task_fenced", { task_id = entry.task.id, reason = reason })
+  entry.handle:cancel()
+end
+
+-- The fencer: sleeps until the earliest deadline of the tasks it holds,
+-- tells the step guard that deadline, and stops every task whose deadline
+-- has passed. Nothing overrides it.
+function Consumer:fence_loop()
+  while true do
+    local now, earliest = vg.now(), math.huge
+    for _, r in pairs(self.running) do
+      if not r.lease_lost then
+        local d = self:deadline_of(r.task)
+        if d <= now then
+          self:fence(r, d == -math.huge and "claimed under a liveness that has lapsed"
+            or "no successful renewal within the lease minus the margin")
+        else
+          earliest = math.min(earliest, d)
         end
       end
     end
+    proc.fence(earliest < math.huge and earliest or nil)
+    self.fence_wake:clear()
+    self.fence_wake:wait(earliest < math.huge and math.max(0, earliest - vg.now()) or nil,
+                         { interruptible = false })
   end
+end
+
+-- Take the liveness (again): gives back, in the same statement, every task
+-- still held in the database under an earlier one. t0: before the send.
+function Consumer:acquire(t0)
+  local held, released = self.queue:acquire_liveness(self:live_pool(), self.liveness)
+  if not held then error("the workers row could not be written", 0) end
+  self.live.epoch = self.live.epoch + 1
+  self.live.deadline = t0 + self.liveness - self.margin
+  if released > 0 then
+    log.warning("tasks_given_back", { count = released, reason = "liveness lapsed" })
+    self.claim_now = true
+  end
+  self.fence_wake:set()
+end
+
+-- Renew the liveness (and, every third of the lease, the tasks' leases).
+-- Lapsed on the database: every task is stopped at once. Lapsed here
+-- first: acquired again, which gives the stopped tasks back.
+function Consumer:renew()
+  local t0 = vg.now()
+  if t0 >= self.live.deadline then
+    if self.live.epoch > 0 then self:acquire(t0) end
+    return
+  end
+  local held = self.queue:renew_liveness(self:live_pool(), self.liveness)
+  if not held then
+    log.warning("liveness_lapsed", { reason = "the database says it expired" })
+    self.live.deadline = 0
+    self.fence_wake:set()
+    return
+  end
+  if t0 + self.liveness - self.margin > self.live.deadline then
+    self.live.deadline = t0 + self.liveness - self.margin
+    self.fence_wake:set()
+  end
+  if t0 < (self.next_lease_renewal or 0) then return end
+  self.next_lease_renewal = t0 + self.lease_seconds / 3
+  local list = {}
+  for _, r in pairs(self.running) do
+    if not r.lease_lost then list[#list + 1] = r.task end
+  end
+  if #list == 0 then return end
+  local still = self.queue:renew(list, self:live_pool())
+  for _, t in ipairs(list) do
+    local r = self.running[t.id]
+    if still[t.id] then
+      t.lease_deadline = math.max(t.lease_deadline or 0, t0 + self.lease_seconds - self.margin)
+    elseif r and r.task == t then
+      self:fence(r, "lease lost (the task was rescued or released elsewhere)")
+    end
+  end
+  self.fence_wake:set()
+end
+
+-- The keeper: renews every VG_LIVENESS_SECONDS / 5 while this worker holds
+-- tasks; an idle worker sends nothing.
+function Consumer:keep_alive()
+  local every = self.liveness / M.RENEW_PER_LIVENESS
+  while true do
+    if self.n_running == 0 then
+      self.busy:clear()
+      if self.n_running == 0 then self.busy:wait(nil, { interruptible = false }) end
+    end
+    vg.sleep(every, { interruptible = false })
+    if self.n_running > 0 then
+      local ok, err = pcall(self.renew, self)
+      if not ok then
+        if vg.is_cancelled(err) then error(err, 0) end
+        log.warning("liveness_renewal_failed", { error = tostring(err),
+          seconds_left = math.max(0, self.live.deadline - vg.now()) })
+      end
+    end
+  end
+end
+
+-- Called before every claim: never claim without the liveness held, with
+-- at least the margin to spare. About to lapse: renewed first; lapsed:
+-- acquired again. One caller at a time does this; the others wait for it.
+function Consumer:ensure_live()
+  while self.acquiring do self.acquiring:wait(nil, { interruptible = false }) end
+  local t0 = vg.now()
+  if t0 < self.live.deadline - self.margin then return end
+  local ev = vg.event()
+  self.acquiring = ev
+  local ok, err = pcall(function()
+    if t0 < self.live.deadline then
+      self:renew()
+    else
+      self:acquire(t0)
+    end
+  end)
+  self.acquiring = nil
+  ev:set()
+  if not ok then error(err, 0) end
+  if vg.now() >= self.live.deadline - self.margin then
+    error({ code = "liveness_not_held", message = "the worker's liveness could not be renewed",
+            retriable = true }, 0)
+  end
+end
+
+-- Claim up to n tasks under the held liveness. Each task carries the epoch
+-- and lease deadline it was claimed under (timed from before the send); a
+-- task whose liveness lapsed while the claim was on its way is given back
+-- at once, not run.
+function Consumer:claim(n)
+  self:ensure_live()
+  local epoch, t0 = self.live.epoch, vg.now()
+  local rows = self.queue:claim(n)
+  local keep = {}
+  for _, t in ipairs(rows) do
+    t.live_epoch = epoch
+    t.lease_deadline = t0 + self.lease_seconds - self.margin
+    if self:deadline_of(t) > vg.now() then
+      keep[#keep + 1] = t
+    else
+      local rok = pcall(self.queue.release, self.queue, t)
+      log.warning("task_released", { task_id = t.id, released = rok,
+                                     reason = "liveness lapsed during the claim" })
+    end
+  end
+  return keep
+end
+
+-- Writes for a task (and its reads), retried through infrastructure errors
+-- with back-off while the task's deadline holds, so a finished step whose
+-- result could not be written at once is not lost (nor counted as failed).
+function Consumer:retrying(task, fn, ...)
+  local delay = 0.1
+  while true do
+    local res = table.pack(pcall(fn, ...))
+    if res[1] then return table.unpack(res, 2, res.n) end
+    local e = res[2]
+    if vg.is_cancelled(e) or not M.is_infra(e) then error(e, 0) end
+    if task.live_epoch == nil or vg.now() + delay >= self:deadline_of(task) then error(e, 0) end
+    log.warning("task_write_retry", { task_id = task.id, error = tostring(e), retry_in = delay })
+    vg.sleep(delay, { interruptible = false })
+    delay = math.min(delay * 2, 2)
+  end
+end
+
+-- The queue as pipelines see it: every method that takes a task retries
+-- through infrastructure errors (Consumer:retrying).
+function M.retrying_queue(c)
+  local q = c.queue
+  return setmetatable({}, { __index = function(proxy, name)
+    local f = q[name]
+    if type(f) ~= "function" then return f end
+    local wrapped = function(_, task, ...) return c:retrying(task, f, q, task, ...) end
+    rawset(proxy, name, wrapped)
+    return wrapped
+  end })
 end
 
 local function err_text(e)
@@ -141,8 +366,32 @@ local function traceback(e)
   return { err = e, traceback = debug.traceback(err_text(e), 2) }
 end
 
+-- Run the pipeline in a Lua task of its own and wait for it, so that a
+-- step that never yields can be ended by the scheduler's slice
+-- (VG_TASK_SLICE) while this slot lives on to record the failed attempt.
+-- Returns as xpcall does.
+function Consumer:execute(entry, pipe, task)
+  local child = vg.spawn(function()
+    return xpcall(pipeline.execute, traceback, self.env, pipe, task)
+  end)
+  entry.child = child
+  local ok, a, b = pcall(child.join, child)
+  if ok then return a, b end
+  if vg.is_cancelled(a) then
+    -- This slot was cancelled (fenced, or the grace ended): so is the
+    -- pipeline, whose cleanup (terminating its step command) runs first.
+    -- Its own outcome decides (it may have finished meanwhile).
+    if not child:done() then child:cancel() end
+    local jok, x, y = pcall(child.join, child)
+    if jok then return x, y end
+    return false, a
+  end
+  -- The pipeline's task itself was ended (the slice): this attempt failed.
+  return false, { err = a }
+end
+
 -- Run one claimed task in the current Lua task.
-function Consumer:run_task(task)
+function Consumer:run_task(task, entry)
   log.context({ correlation_id = task.id })
   log.info("task_claimed", { channel_id = task.channel_id, pipeline = task.pipeline,
                              attempt = task.attempts, priority = task.priority })
@@ -151,7 +400,7 @@ function Consumer:run_task(task)
   if not pipe then
     ok, e = false, { err = pipeline.fatal(string.format("unknown pipeline %q", tostring(task.pipeline))) }
   else
-    ok, e = xpcall(pipeline.execute, traceback, self.env, pipe, task)
+    ok, e = self:execute(entry, pipe, task)
   end
   if ok then
     if e == "completed" then
@@ -160,7 +409,7 @@ function Consumer:run_task(task)
     end
     return
   end
-  if e == pipeline.LEASE_LOST or (vg.is_cancelled(e) and self.running[task.id].lease_lost) then
+  if e == pipeline.LEASE_LOST or (vg.is_cancelled(e) and entry.lease_lost) then
     self.stats.lost = self.stats.lost + 1
     log.warning("task_abandoned", { reason = "lease lost" })
     return
@@ -175,11 +424,14 @@ function Consumer:run_task(task)
   end
   local err = e.err
   local retriable = not (type(err) == "table" and err.retriable == false)
-  local status, run_at = self.queue:fail(task, err_text(err), retriable)
+  local infra = M.is_infra(err)
+  local status, run_at = self:retrying(task, self.queue.fail, self.queue, task, err_text(err),
+                                       retriable, infra)
   if status == "retry" then
     self.stats.retried = self.stats.retried + 1
     log.warning("task_retry", { error = err_text(err), attempt = task.attempts,
-                                run_at = run_at, traceback = e.traceback })
+                                attempt_counted = not infra, run_at = run_at,
+                                traceback = e.traceback })
   elseif status == "failed" then
     self.stats.failed = self.stats.failed + 1
     log.error("task_failed", { error = err_text(err), attempt = task.attempts,
@@ -199,23 +451,25 @@ function Consumer:run_slot(task, handle)
   while true do
     local entry = { task = task, handle = handle }
     self.running[task.id] = entry
-    local ok, err = pcall(self.run_task, self, task)
+    self.fence_wake:set()
+    local ok, err = pcall(self.run_task, self, task, entry)
     self.running[task.id] = nil
     log.clear_context("correlation_id")
     if not ok then
       if vg.is_cancelled(err) then error(err, 0) end
-      -- A database error while recording the outcome: the lease will
-      -- expire and another worker (or this one) runs the task again.
+      -- A database error while recording the outcome, past the task's
+      -- deadline: the task is given back when this worker takes its
+      -- liveness again, or rescued once it lapses.
       log.error("task_outcome_not_recorded", { task_id = task.id, error = err_text(err) })
       return
     end
-    -- The lease keeper cancelled this slot for that task (its renewal may
-    -- have raced the task's own completion): the cancel may still be
-    -- pending, so claim nothing more here, where it would interrupt the
-    -- claim after the server made it.
+    -- The fencer cancelled this slot for that task (it may have raced the
+    -- task's own completion): the cancel may still be pending, so claim
+    -- nothing more here, where it would interrupt the claim after the
+    -- server made it.
     if entry.lease_lost then return end
     if self.batch or not self.claim_now or vg.shutdown_requested() then return end
-    local cok, rows = pcall(self.queue.claim, self.queue, 1)
+    local cok, rows = pcall(self.claim, self, 1)
     if not cok then
       if vg.is_cancelled(rows) then error(rows, 0) end
       log.warning("claim_failed", { error = err_text(rows) })
@@ -236,6 +490,7 @@ end
 
 function Consumer:spawn_runner(task)
   self.n_running = self.n_running + 1
+  self.busy:set()
   local handle
   -- spawn only queues the new Lua task, so handle is set before it runs.
   handle = vg.spawn(function()
@@ -249,17 +504,22 @@ function Consumer:spawn_runner(task)
 end
 
 -- The maintenance statement: rescue orphaned tasks, count the tasks in
--- flight, and learn when the next queued task is due. Returns that.
+-- flight, and learn when the next queued task is due (returned) and when
+-- the next lease or liveness could lapse: the next check is then, or after
+-- the poll interval, whichever comes first.
 function Consumer:rescue()
-  local in_flight, rescued, due = self.queue:rescue()
+  local in_flight, rescued, due, expiry = self.queue:rescue()
   self.in_flight_seen = in_flight
-  self.next_rescue = vg.now() + (in_flight > 0 and M.RESCUE_INTERVAL or self.poll_interval)
+  local wait = self.poll_interval
+  if expiry then wait = math.min(wait, math.max(M.RESCUE_SLACK, expiry + M.RESCUE_SLACK)) end
+  if #rescued >= 100 then wait = 0 end -- more may be waiting
+  self.next_rescue = vg.now() + wait
   if #rescued > 0 then self.claim_now = true end
   return due
 end
 
 -- While claims keep succeeding the worker never waits, so the rescue runs
--- from here every RESCUE_INTERVAL.
+-- from here when it is due.
 function Consumer:maybe_rescue()
   if vg.now() < self.next_rescue then return false end
   self.last_due = self:rescue()
@@ -296,9 +556,9 @@ end
 -- short transaction). Returns the tasks claimed; raises only when every
 -- claim failed.
 function Consumer:claim_concurrently(n)
-  if n == 1 then return self.queue:claim(1) end
+  if n == 1 then return self:claim(1) end
   local claims = {}
-  for i = 1, n do claims[i] = vg.spawn(self.queue.claim, self.queue, 1) end
+  for i = 1, n do claims[i] = vg.spawn(self.claim, self, 1) end
   local tasks, first_err = {}, nil
   for i = 1, n do
     local ok, rows = pcall(claims[i].join, claims[i])
@@ -370,7 +630,7 @@ function Consumer:step()
     local free = self.concurrency - self.n_running
     local tasks
     if self.batch then
-      tasks = self.queue:claim(math.min(free, math.max(1, self.concurrency // 2)))
+      tasks = self:claim(math.min(free, math.max(1, self.concurrency // 2)))
     else
       local width = math.min(free, self.claim_width or 1)
       tasks = self:claim_concurrently(width)
@@ -383,6 +643,25 @@ function Consumer:step()
   self:wait_for_work(just_rescued)
 end
 
+-- The worker loop's back-off after an error: delay seconds, or less when
+-- the database answers again first (a probe, at most one at a time, about
+-- once a second), so the loop resumes as soon as an outage ends.
+function Consumer:backoff(delay)
+  local deadline = vg.now() + delay
+  local up = vg.event()
+  while vg.now() < deadline and not vg.shutdown_requested() do
+    if not self.probe or self.probe:done() then
+      self.probe = vg.spawn(function()
+        if pcall(db.query, "SELECT 1") then up:set() end
+      end)
+    end
+    if up:wait(math.min(1, math.max(0, deadline - vg.now()))) then
+      log.info("database_reachable", { after_error = true })
+      return
+    end
+  end
+end
+
 -- After shutdown: wait for the runners (the host cancels them when the
 -- grace ends; they release their tasks), then mark the worker stopped.
 function Consumer:stop()
@@ -390,10 +669,12 @@ function Consumer:stop()
     self.slot_free:clear()
     if self.n_running > 0 then self.slot_free:wait(nil, { interruptible = false }) end
   end
-  if self.keeper then
-    self.keeper:cancel()
-    pcall(self.keeper.join, self.keeper)
+  for _, t in ipairs({ self.keeper, self.fencer }) do
+    t:cancel()
+    pcall(t.join, t)
   end
+  proc.fence(nil)
+  if self.live_db then self.live_db:close() end
   local ok, err = pcall(self.queue.register, self.queue, "stopped", self:counts(), vg.version)
   if not ok then log.warning("worker_row_not_updated", { error = tostring(err) }) end
 end

@@ -172,66 +172,95 @@ UPDATE tasks
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING id]]
 
--- $3 error, $4 retriable, $5 back-off base seconds, $6 cap seconds.
+-- $3 error, $4 retriable, $5 back-off base seconds, $6 cap seconds, $7 an
+-- infrastructure error (pool timeout, lost connection, database down): the
+-- attempt is given back, so such errors never use up a task's attempts.
 M.FAIL_SQL = [[
 UPDATE tasks
-   SET status = CASE WHEN $4 AND attempts < max_attempts THEN 'retry' ELSE 'failed' END,
-       run_at = CASE WHEN $4 AND attempts < max_attempts
+   SET attempts = CASE WHEN $7 THEN greatest(attempts - 1, 0) ELSE attempts END,
+       status = CASE WHEN $7 OR ($4 AND attempts < max_attempts) THEN 'retry' ELSE 'failed' END,
+       run_at = CASE WHEN $7 OR ($4 AND attempts < max_attempts)
                      THEN now() + make_interval(secs =>
-                              least($6::float8, $5::float8 * 2 ^ (attempts - 1))
+                              least($6::float8, $5::float8 * 2 ^ (greatest(attempts - 1, 0)))
                               * (0.5 + random() / 2))
                      ELSE run_at END,
        last_error = $3, lease_expires_at = NULL, updated_at = now()
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING status, run_at, attempts]]
 
--- Back to the queue at once, the attempt not counted (shutdown release).
+-- Back to the queue at once, the attempt not counted (shutdown release). The
+-- task keeps its place: run_at is not touched, so it is claimed again
+-- before the tasks queued after it.
 M.RELEASE_SQL = [[
 UPDATE tasks
-   SET status = 'retry', run_at = now(), attempts = greatest(attempts - 1, 0),
+   SET status = 'retry', attempts = greatest(attempts - 1, 0),
        lease_expires_at = NULL, lease_token = lease_token + 1,
-       last_error = 'released at shutdown by ' || $3, updated_at = now()
+       last_error = 'released by ' || $3, updated_at = now()
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING id]]
 
+-- Liveness (docs/fencing.md). Renew: only while it has not lapsed on the
+-- database clock; no row back means it lapsed (the owner has already
+-- stopped its tasks by its own clock, and peers may be rescuing them).
+-- $1 worker_id, $2 instance, $3 liveness seconds.
+M.LIVENESS_RENEW_SQL = [[
+UPDATE workers SET alive_until = now() + make_interval(secs => $3), last_seen_at = now()
+ WHERE worker_id = $1 AND instance = $2 AND alive_until > now()
+RETURNING 1 AS held]]
+
+-- Acquire (again): every task the instance still holds in the database was
+-- claimed under a liveness that lapsed, and the owner runs none of them any
+-- more, so they go back to the queue first, in the same statement, their
+-- place and attempt kept. Then a new alive_until.
+M.LIVENESS_ACQUIRE_SQL = [[
+WITH released AS (
+    UPDATE tasks t
+       SET status = 'retry', attempts = greatest(t.attempts - 1, 0),
+           lease_expires_at = NULL, lease_token = t.lease_token + 1,
+           last_error = format('released by %s after its liveness lapsed', $1::text),
+           updated_at = now()
+     WHERE t.claimed_instance = $2 AND t.status IN ('claimed', 'processing')
+ RETURNING t.id
+),
+upsert AS (
+    INSERT INTO workers AS w (worker_id, instance, started_at, last_seen_at, status, alive_until)
+    VALUES ($1, $2, now(), now(), 'running', now() + make_interval(secs => $3))
+    ON CONFLICT (worker_id, instance) DO UPDATE
+       SET alive_until = EXCLUDED.alive_until, last_seen_at = now()
+ RETURNING 1
+)
+SELECT (SELECT count(*) FROM released)::int AS released, (SELECT count(*) FROM upsert)::int AS held]]
+
 -- Rescue in one statement: tasks whose lease expired, and tasks of
--- instances whose liveness lock is free (their session is gone: the
--- process died or lost its connection) go back to retry, or to failed
--- when their attempts are used up. Not in the first 15 s after a server
--- start, when every worker's lock was lost at once and they are still
--- reconnecting. Also reports how many tasks are in flight, so the caller
--- can check more often while there are some, and when the next queued task
--- is due, so an idle worker sends this one statement per poll and nothing
--- else.
+-- instances whose liveness lapsed on the database clock, go back to retry
+-- (or to failed when their attempts are used up), keeping their place in
+-- the queue (run_at untouched). Liveness lapses are not acted on in the
+-- first $2 seconds after a server start: every owner lost its connections
+-- at once then, and each gives its own tasks back (attempt not counted)
+-- when it acquires its liveness again. Also reports how many tasks are in
+-- flight, when the next queued task is due and when the next lease or
+-- liveness could lapse, so an idle worker sends this one statement per
+-- poll and wakes up when a rescue may be due.
 M.RESCUE_SQL = [[
-WITH inst AS (
-    SELECT DISTINCT claimed_instance AS instance
-      FROM tasks
-     WHERE status IN ('claimed', 'processing')
-       AND claimed_instance IS NOT NULL AND claimed_instance <> $1
-       AND pg_postmaster_start_time() < now() - interval '15 seconds'
-),
-gone AS MATERIALIZED (
-    SELECT instance FROM inst
-     WHERE pg_try_advisory_xact_lock(hashtextextended(instance, 0))
-),
-victims AS (
-    SELECT id FROM tasks
-     WHERE status IN ('claimed', 'processing')
-       AND (lease_expires_at < now()
-            OR claimed_instance IN (SELECT instance FROM gone))
-     ORDER BY id
+WITH victims AS (
+    SELECT t.id FROM tasks t
+     WHERE t.status IN ('claimed', 'processing')
+       AND (t.lease_expires_at < now()
+            OR EXISTS (SELECT 1 FROM workers w
+                        WHERE w.worker_id = t.claimed_by AND w.instance = t.claimed_instance
+                          AND w.alive_until < now()
+                          AND pg_postmaster_start_time() < now() - make_interval(secs => $2)))
+     ORDER BY t.id
      LIMIT 100
-       FOR UPDATE SKIP LOCKED
+       FOR UPDATE OF t SKIP LOCKED
 ),
 rescued AS (
     UPDATE tasks t
        SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'failed' ELSE 'retry' END,
-           run_at = now(),
            last_error = CASE WHEN t.lease_expires_at < now()
                              THEN format('lease expired (worker %s, instance %s)',
                                          t.claimed_by, t.claimed_instance)
-                             ELSE format('worker %s (instance %s) is gone',
+                             ELSE format('worker %s (instance %s) stopped renewing its liveness',
                                          t.claimed_by, t.claimed_instance) END,
            lease_expires_at = NULL,
            lease_token = t.lease_token + 1,
@@ -243,7 +272,12 @@ rescued AS (
 SELECT (SELECT count(*) FROM tasks WHERE status IN ('claimed', 'processing'))::int AS in_flight,
        (SELECT coalesce(json_agg(r), '[]'::json) FROM rescued r) AS rescued,
        (SELECT extract(epoch FROM min(run_at) - now())::float8
-          FROM tasks WHERE status IN ('pending', 'retry', 'approved')) AS next_due]]
+          FROM tasks WHERE status IN ('pending', 'retry', 'approved')) AS next_due,
+       (SELECT extract(epoch FROM least(
+                 (SELECT min(w.alive_until) FROM workers w
+                   WHERE w.alive_until > now() AND w.instance <> $1),
+                 (SELECT min(lease_expires_at) FROM tasks
+                   WHERE status IN ('claimed', 'processing'))) - now())::float8) AS next_expiry]]
 
 M.COMPLETED_STEPS_SQL = [[
 SELECT step, output FROM task_steps WHERE task_id = $1 AND status = 'completed']]
@@ -262,8 +296,6 @@ SELECT fence.id, $3, 'completed', $4, to_timestamp($6), now(), $5 FROM fence
        started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
        output = EXCLUDED.output
 RETURNING s.task_id]]
-
-M.LIVENESS_LOCK_SQL = "SELECT pg_advisory_lock(hashtextextended($1, 0))"
 
 M.WORKER_UPSERT_SQL = [[
 INSERT INTO workers (worker_id, instance, started_at, last_seen_at, status,
@@ -288,6 +320,9 @@ function M.new(opts)
   q.lease_seconds = opts.lease_seconds or 60
   q.retry_base = opts.retry_base or 5
   q.retry_max = opts.retry_max or 300
+  -- After a server start, liveness lapses wait this long (seconds) for
+  -- their owners to come back and give their tasks back themselves.
+  q.restart_grace = opts.restart_grace or 10
   return q
 end
 
@@ -312,13 +347,17 @@ function Queue:start(task, step)
   return held(db.query(M.START_SQL, task.id, task.lease_token, step or db.null))
 end
 
--- Renew the leases of the given tasks; returns the set of ids still held.
-function Queue:renew(tasks)
+-- Renew the leases of the given tasks (on pool, default the shared one);
+-- returns the set of ids still held.
+function Queue:renew(tasks, pool)
   local list = {}
   for _, t in ipairs(tasks) do list[#list + 1] = { t.id, t.lease_token } end
   local still = {}
   if #list == 0 then return still end
-  for _, row in ipairs(db.query(M.RENEW_SQL, list, self.lease_seconds)) do
+  local rows
+  if pool then rows = pool:query(M.RENEW_SQL, list, self.lease_seconds)
+  else rows = db.query(M.RENEW_SQL, list, self.lease_seconds) end
+  for _, row in ipairs(rows) do
     still[row.id] = true
   end
   return still
@@ -345,9 +384,10 @@ end
 
 -- Record a failure: retry with back-off (retriable, attempts left) or
 -- failed. Returns the new status (nil when the lease was lost) and run_at.
-function Queue:fail(task, err, retriable)
+function Queue:fail(task, err, retriable, infra)
   local rows = db.query(M.FAIL_SQL, task.id, task.lease_token, tostring(err),
-                        retriable and true or false, self.retry_base, self.retry_max)
+                        retriable and true or false, self.retry_base, self.retry_max,
+                        infra and true or false)
   if #rows == 0 then return nil end
   return rows[1].status, rows[1].run_at
 end
@@ -356,10 +396,12 @@ function Queue:release(task)
   return held(db.query(M.RELEASE_SQL, task.id, task.lease_token, self.worker_id))
 end
 
--- Returns in_flight (all workers), the list of rescued tasks, and the
--- seconds until the next queued task is due (nil: none queued).
+-- Returns in_flight (all workers), the list of rescued tasks, the seconds
+-- until the next queued task is due (nil: none queued) and the seconds
+-- until the next lease or liveness of another worker could lapse (nil:
+-- none held).
 function Queue:rescue()
-  local row = db.query(M.RESCUE_SQL, self.instance)[1]
+  local row = db.query(M.RESCUE_SQL, self.instance, self.restart_grace)[1]
   local rescued = row.rescued
   if type(rescued) ~= "table" then rescued = {} end
   for _, r in ipairs(rescued) do
@@ -368,7 +410,21 @@ function Queue:rescue()
   end
   local due = row.next_due
   if due == db.null then due = nil end
-  return row.in_flight, rescued, due
+  local expiry = row.next_expiry
+  if expiry == db.null then expiry = nil end
+  return row.in_flight, rescued, due, expiry
+end
+
+-- Liveness, on the given pool (the consumer's own connection, so that it
+-- never waits behind task queries). renew -> true while held; acquire ->
+-- true, and the number of tasks it gave back.
+function Queue:renew_liveness(pool, seconds)
+  return #pool:query(M.LIVENESS_RENEW_SQL, self.worker_id, self.instance, seconds) > 0
+end
+
+function Queue:acquire_liveness(pool, seconds)
+  local row = pool:query(M.LIVENESS_ACQUIRE_SQL, self.worker_id, self.instance, seconds)[1]
+  return row.held > 0, row.released
 end
 
 function Queue:completed_steps(task)

@@ -8,8 +8,8 @@ local config = require "vg.config"
 
 local M = {}
 
-M.EXCESSIVE_ERRORS = 10      -- more than this many errors ...
-M.ERROR_WINDOW = 60          -- ... within this many seconds is excessive
+M.EXCESSIVE_ERRORS = 10      -- more than this many errors within ERROR_WINDOW,
+M.ERROR_WINDOW = 60          -- or this many in a row, is excessive
 M.MAX_BACKOFF = 30
 M.BACKOFF_BASE = 0.5         -- first back-off after an error, doubling
 
@@ -29,7 +29,7 @@ local function count_recent(state, now)
   return #recent
 end
 
-local function on_error(state, e)
+local function on_error(state, e, opts)
   state.consecutive_errors = state.consecutive_errors + 1
   state.errors_total = state.errors_total + 1
   local now = vg.now()
@@ -38,15 +38,18 @@ local function on_error(state, e)
     error = tostring(e.err), traceback = e.traceback,
     consecutive_errors = state.consecutive_errors,
   })
-  if recent > M.EXCESSIVE_ERRORS then
+  -- The back-off caps the rate of errors at a few a minute, so a long
+  -- outage is told by the errors in a row as well as by the rate.
+  if recent > M.EXCESSIVE_ERRORS or state.consecutive_errors >= M.EXCESSIVE_ERRORS then
     log.critical("worker_excessive_errors", {
       errors_last_minute = recent, consecutive_errors = state.consecutive_errors,
     })
   end
   -- A short back-off that grows while errors repeat, so a broken
-  -- dependency is not hammered; shutdown interrupts it.
+  -- dependency is not hammered; shutdown interrupts it, and so does (with
+  -- opts.backoff) the dependency coming back.
   local delay = math.min(M.MAX_BACKOFF, M.BACKOFF_BASE * 2 ^ (state.consecutive_errors - 1))
-  vg.sleep(delay)
+  if opts.backoff then opts.backoff(state, delay) else vg.sleep(delay) end
 end
 
 local function heartbeat(state, opts)
@@ -75,6 +78,8 @@ end
 --   start(state)      after configuration, before the loop (may raise: fatal)
 --   heartbeat(state, fields)  adds fields / records the heartbeat
 --   stop(state)       after the loop ends (shutdown), before exit
+--   backoff(state, s) waits after an error (default vg.sleep(s)); may end
+--                     early when what failed works again
 function M.run(opts)
   local cfg = config.load(opts.required or { "DATABASE_URL", "FERNET_KEY" })
   local state = {
@@ -99,7 +104,7 @@ function M.run(opts)
     elseif vg.is_cancelled(e) then
       error(e, 0)
     else
-      on_error(state, e)
+      on_error(state, e, opts)
     end
   end
   log.info("worker_stopping", { iterations = state.iterations })
