@@ -171,7 +171,10 @@ static void on_listen_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
 {
     vg_pglistener_t *l = arg;
     if (ev == VG_PGCONN_EV_CONNECTED) {
-        l->backoff = 0.2;
+        /* The back-off starts again once the on-connect statement, if
+         * any, has succeeded too: one that keeps failing is retried at
+         * the back-off's pace, not at every connect. */
+        if (!l->oc_sql) l->backoff = 0.2;
         l->need_on_connect = l->oc_sql != NULL;
         l->resubscribe = l->n_channels > 0;
         listener_kick(l);
@@ -218,10 +221,21 @@ static void on_listen_done(vg_pgconn_t *c, PGresult *res, void *arg)
     l->sending = SEND_NONE;
     if (c->state != VG_PGCONN_IDLE) {
         listener_lost(l, err ? err : vg_pgconn_error(c));
+    } else if (sending == SEND_ON_CONNECT && err && l->established) {
+        /* After a reconnection: the session is not what the caller asked
+         * for until the statement succeeds, so it is never used without
+         * it. Drop it and try again with back-off. */
+        vg_log(VG_LOG_ERROR, "db_listen_on_connect_failed", VG_F_STR("error", err),
+               VG_F_NUM("retry_in", l->backoff), VG_F_END);
+        vg_pgconn_free(l->c);
+        l->c = NULL;
+        listener_lost(l, err);
     } else if (sending == SEND_ON_CONNECT) {
         l->need_on_connect = false;
+        if (!err) l->backoff = 0.2;
         if (err) {
-            /* Whoever waits for a LISTEN behind it learns why. */
+            /* The first connection: whoever waits for a LISTEN behind it
+             * learns why (a mistake in the statement shows at once). */
             vg_log(VG_LOG_ERROR, "db_listen_on_connect_failed", VG_F_STR("error", err), VG_F_END);
             while (l->cmd_head) cmd_finish(l, err);
         }

@@ -100,7 +100,8 @@ function M.listen(cfg)
       -- The session waits for notifications for hours: a role or server
       -- idle_session_timeout must not end it. (Liveness does not depend on
       -- this session: see docs/fencing.md.)
-      on_connect = "SET idle_session_timeout = 0",
+      on_connect = "SELECT set_config('idle_session_timeout', '0', false) "
+        .. "WHERE current_setting('server_version_num')::int >= 140000",
     })
     if not ok and vg.is_cancelled(err) then error(err, 0) end
     return ok, err

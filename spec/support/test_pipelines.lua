@@ -26,7 +26,33 @@ local function recording_step(name)
   }
 end
 
+-- A step command that leaves its own record of how long it ran: it and a
+-- child of its (same process group) each append "task pid nanoseconds" to
+-- payload.log every 50 ms, payload.ticks times. The fencing specs read the
+-- lifetimes of every run of a task from that file.
+local TICKER = [[
+tick() { i=0; while [ $i -lt "$TICKS" ]; do
+  echo "$TASK $$ $(date +%s%N)" >> "$LOG"; sleep 0.05; i=$((i+1)); done; }
+tick & tick; wait
+]]
+
+local function ticker(ctx)
+  local proc = require "vg.proc"
+  local r = proc.run({ "sh", "-c", TICKER }, { env = {
+    TASK = tostring(ctx.task.id), LOG = ctx.payload.log, TICKS = tostring(ctx.payload.ticks or 20),
+  } })
+  if r.code ~= 0 then error(pipeline.transient("ticker ended with " .. tostring(r.signal_name or r.code))) end
+  record(ctx, "ticker")
+  return {}
+end
+
 return {
+  ticker = { steps = { { name = "ticker", run = ticker } } },
+  -- A step that never yields, and swallows errors while it spins.
+  spin = { steps = { { name = "spin", run = function(ctx)
+    record(ctx, "spin")
+    while true do pcall(function() local x = 0; while true do x = x + 1 end end) end
+  end } } },
   noop = { steps = {} },
   record = { steps = { recording_step("record") } },
   three = { steps = { recording_step("one"), recording_step("two"), recording_step("three") } },

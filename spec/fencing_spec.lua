@@ -1,0 +1,280 @@
+-- At most one run of a task at a time, under the faults that break it in
+-- real life (docs/fencing.md): a SIGKILLed owner with a step and its child
+-- running, the LISTEN session terminated, a role with idle_session_timeout,
+-- renewals that fail, a partition from PostgreSQL, a step that never yields,
+-- and a pool too small for the slots.
+--
+-- Each run is judged from the step command's own record: the step and a
+-- child of its, in one process group, append "task pid nanoseconds" to a
+-- file every 50 ms while they live (spec/support/test_pipelines.lua,
+-- "ticker"). Two runs of a task overlap when one ticks after the other's
+-- first tick. Time bounds are generous; the tight figures are measured by
+-- make chaos.
+local vg = require "vg"
+local proc = require "vg.proc"
+local host = require "spec.support.host"
+local tdb = require "spec.support.db"
+
+local describe_db = tdb.available() and describe or pending
+
+-- The runs of each task in the tick file: task -> list of {pid, first,
+-- last, n}, in the order they started.
+local function runs_in(path)
+  local runs = {}
+  local f = io.open(path, "r")
+  if not f then return runs end
+  for line in f:lines() do
+    local task, pid, ns = line:match("^(%d+) (%d+) (%d+)$")
+    if task then
+      task, ns = tonumber(task), tonumber(ns)
+      runs[task] = runs[task] or {}
+      local r
+      for _, x in ipairs(runs[task]) do if x.pid == pid then r = x end end
+      if not r then
+        r = { pid = pid, first = ns, last = ns, n = 0 }
+        table.insert(runs[task], r)
+      end
+      r.first, r.last, r.n = math.min(r.first, ns), math.max(r.last, ns), r.n + 1
+    end
+  end
+  f:close()
+  for _, list in pairs(runs) do table.sort(list, function(a, b) return a.first < b.first end) end
+  return runs
+end
+
+-- Fails when two runs of a task were alive at the same time.
+local function assert_no_overlap(path)
+  local runs = runs_in(path)
+  for task, list in pairs(runs) do
+    for i = 2, #list do
+      local gap = (list[i].first - list[i - 1].last) / 1e9
+      assert(gap > 0, string.format("task %d: run %d (pid %s) started while run %d (pid %s) "
+        .. "still ran (overlap %.3f s)", task, i, list[i].pid, i - 1, list[i - 1].pid, -gap))
+    end
+  end
+  return runs
+end
+
+-- Every process of a process group (pgid) is gone (a zombie, dead and
+-- waiting for its new parent to reap it, counts as gone).
+local function group_gone(pgid)
+  local r = proc.run({ "ps", "-e", "-o", "pgid=,stat=" })
+  for line in r.stdout:gmatch("[^\n]+") do
+    local g, stat = line:match("^%s*(%d+)%s+(%S+)")
+    if g == tostring(pgid) and stat:sub(1, 1) ~= "Z" then return false end
+  end
+  return true
+end
+
+describe_db("fencing", function()
+  local db
+  local procs = {}
+  local tick_file
+
+  setup(function()
+    db = tdb.setup()
+    -- Roles for the faults that need a worker of its own login.
+    db.query([[DO $$ BEGIN
+      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vg_owner') THEN
+        CREATE ROLE vg_owner LOGIN SUPERUSER; END IF;
+      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vg_idle') THEN
+        CREATE ROLE vg_idle LOGIN SUPERUSER; END IF;
+    END $$]])
+    db.query("ALTER ROLE vg_idle SET idle_session_timeout = '2s'")
+  end)
+  before_each(function()
+    tdb.reset()
+    db.query("ALTER ROLE vg_owner LOGIN")
+    tick_file = os.tmpname()
+  end)
+  after_each(function()
+    for _, p in ipairs(procs) do if p:running() then p:kill("KILL"); p:wait(10) end end
+    procs = {}
+    os.remove(tick_file)
+    db.query("ALTER ROLE vg_owner LOGIN")
+    host.cleanup()
+  end)
+
+  local function as_role(role)
+    return (tdb.url:gsub("//postgres@", "//" .. role .. "@"))
+  end
+
+  local function worker(name, extra)
+    local env = tdb.worker_env(extra)
+    env.WORKER_ID = name
+    local p = host.spawn({ "lua/worker.lua" }, { env = env })
+    procs[#procs + 1] = p
+    assert.truthy(host.wait_event(p, "worker_started"), "worker " .. name .. " did not start")
+    return p
+  end
+
+  local function enqueue_ticker(ticks)
+    return tdb.enqueue("c1", 1, { pipeline = "ticker", payload = { log = tick_file, ticks = ticks } })[1]
+  end
+
+  local function task_row(id)
+    return db.query("SELECT status, attempts, last_error FROM tasks WHERE id = $1", id)[1]
+  end
+
+  local function wait_ticking(id)
+    assert.is_true(tdb.eventually(function()
+      local r = runs_in(tick_file)[id]
+      return r ~= nil and r[1].n >= 2
+    end, 30), "the step did not start")
+  end
+
+  local function wait_status(id, status, timeout)
+    assert.is_true(tdb.eventually(function() return task_row(id).status == status end, timeout or 60),
+                   "task did not become " .. status .. " (is " .. task_row(id).status .. ")")
+  end
+
+  it("kills the step and its child with a SIGKILLed worker; another worker reruns it after", function()
+    tdb.channel("c1")
+    local id = enqueue_ticker(400)
+    local victim = worker("victim")
+    wait_ticking(id)
+    local survivor = worker("survivor")
+    local pgid = runs_in(tick_file)[id][1].pid
+    victim:kill("KILL")
+    victim:wait(10)
+    local killed = vg.now()
+    -- The guard kills the group as soon as the worker is gone.
+    assert.is_true(tdb.eventually(function() return group_gone(pgid) end, 10, 0.05),
+                   "the step's process group outlived its worker")
+    print(string.format("# step group gone %.2f s after SIGKILL", vg.now() - killed))
+    wait_status(id, "completed", 90)
+    local runs = assert_no_overlap(tick_file)[id]
+    assert.equal(2, #runs)
+    local ex = db.query("SELECT worker_id FROM test_executions WHERE task_id = $1", id)
+    assert.equal(1, #ex)
+    assert.equal("survivor", ex[1].worker_id)
+    survivor:kill("TERM")
+    assert.equal(0, survivor:wait(60).code)
+  end)
+
+  it("keeps running a task when its LISTEN session is terminated; nobody rescues it", function()
+    tdb.channel("c1")
+    local id = enqueue_ticker(100) -- about 5 s
+    local owner = worker("owner")
+    local peer = worker("peer")
+    wait_ticking(id)
+    local killed = db.query([[SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+                               WHERE backend_type = 'client backend' AND query ILIKE 'LISTEN%'
+                                 AND pid <> pg_backend_pid()]])[1].n
+    assert.is_true(killed >= 1)
+    wait_status(id, "completed", 60)
+    local runs = assert_no_overlap(tick_file)[id]
+    assert.equal(1, #runs)
+    assert.equal(1, task_row(id).attempts)
+    for _, p in ipairs { owner, peer } do p:kill("TERM") end
+    local out = owner:wait(60).stdout .. peer:wait(60).stdout
+    assert.is_nil(out:find('"event":"task_rescued"', 1, true))
+    assert.is_nil(out:find('"event":"task_fenced"', 1, true))
+  end)
+
+  it("runs a task once on a role whose idle sessions the server ends after 2 s", function()
+    tdb.channel("c1")
+    local id = enqueue_ticker(120) -- about 6 s
+    local owner = worker("owner", { DATABASE_URL = as_role("vg_idle"), VG_POLL_INTERVAL = "3" })
+    local peer = worker("peer")
+    wait_status(id, "completed", 60)
+    local runs = assert_no_overlap(tick_file)[id]
+    assert.equal(1, #runs)
+    -- The role's idle sessions really were ended meanwhile, and the worker
+    -- still took the next task.
+    local id2 = enqueue_ticker(2)
+    wait_status(id2, "completed", 60)
+    owner:kill("TERM")
+    peer:kill("TERM")
+    local out = owner:wait(60).stdout
+    peer:wait(60)
+    assert.is_nil(out:find('"event":"task_fenced"', 1, true))
+  end)
+
+  it("stops its step when renewals fail (role NOLOGIN, backends ended) before another worker takes it", function()
+    tdb.channel("c1")
+    local id = enqueue_ticker(400) -- 20 s unless stopped
+    local owner = worker("owner", { DATABASE_URL = as_role("vg_owner") })
+    wait_ticking(id)
+    local peer = worker("peer")
+    db.query("ALTER ROLE vg_owner NOLOGIN")
+    db.query([[SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'vg_owner']])
+    assert.truthy(host.wait_event(owner, "task_fenced", 30), "the owner did not fence its task")
+    wait_status(id, "completed", 90)
+    local runs = assert_no_overlap(tick_file)[id]
+    assert.equal(2, #runs)
+    assert.equal("peer", db.query("SELECT worker_id FROM test_executions WHERE task_id = $1", id)[1].worker_id)
+    peer:kill("TERM")
+    assert.equal(0, peer:wait(60).code)
+  end)
+
+  it("stops its step when a partition cuts it off, and its late writes are refused", function()
+    tdb.channel("c1")
+    local port = 20000 + math.random(0, 20000)
+    local pg_port = tdb.url:match(":(%d+)/")
+    local proxy = proc.spawn({ "socat", "TCP-LISTEN:" .. port .. ",bind=127.0.0.1,reuseaddr,fork",
+                               "TCP:127.0.0.1:" .. pg_port })
+    assert.is_true(tdb.eventually(function()
+      return proc.run({ "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/" .. port }).code == 0
+    end, 10, 0.1), "the proxy did not start")
+    local id = enqueue_ticker(300) -- 15 s unless stopped
+    local via_proxy = tdb.url:gsub(":" .. pg_port .. "/", ":" .. port .. "/")
+    local owner = worker("owner", { DATABASE_URL = via_proxy })
+    wait_ticking(id)
+    local peer = worker("peer")
+    -- The partition: the proxy and every connection it forwards stop
+    -- moving bytes (SIGSTOP to its process group); connections stay open.
+    proxy:kill("STOP", { group = true })
+    assert.truthy(host.wait_event(owner, "task_fenced", 30), "the owner did not fence its task")
+    wait_status(id, "processing", 30)
+    vg.sleep(8, { interruptible = false }) -- a partition of about ten seconds
+    proxy:kill("CONT", { group = true })
+    wait_status(id, "completed", 90)
+    local runs = assert_no_overlap(tick_file)[id]
+    assert.equal(2, #runs)
+    assert.equal("peer", db.query("SELECT worker_id FROM test_executions WHERE task_id = $1", id)[1].worker_id)
+    owner:kill("TERM")
+    peer:kill("TERM")
+    assert.equal(0, owner:wait(60).code)
+    assert.equal(0, peer:wait(60).code)
+    proxy:kill("KILL", { group = true })
+    proxy:wait(10)
+  end)
+
+  it("ends a step that never yields at the slice; heartbeats go on and SIGTERM is honoured", function()
+    tdb.channel("c1")
+    local id = tdb.enqueue("c1", 1, { pipeline = "spin", max_attempts = 5 })[1]
+    local p = worker("spinner", { VG_TASK_SLICE = "1", VG_HEARTBEAT_INTERVAL = "0.5" })
+    assert.truthy(host.wait_event(p, "task_slice_exceeded", 30))
+    -- The attempt failed (retried later), and the worker is alive: its
+    -- heartbeat goes on while the retried task spins again.
+    assert.is_true(tdb.eventually(function() return task_row(id).status == "retry" end, 30))
+    assert.matches("slice_exceeded", task_row(id).last_error)
+    p:kill("TERM")
+    local r = p:wait(30)
+    assert.is_not_nil(r, "SIGTERM was not honoured")
+    assert.equal(0, r.code)
+    local lines = host.lines(r.stdout)
+    local _, i_slice = host.find(lines, "task_slice_exceeded")
+    local beats_after = 0
+    for i = i_slice + 1, #lines do
+      if lines[i].event == "worker_heartbeat" then beats_after = beats_after + 1 end
+    end
+    assert.is_true(beats_after >= 1)
+    assert.equal("worker_shutdown", lines[#lines].event)
+  end)
+
+  it("spends no attempt on a pool too small for its slots", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 60, { pipeline = "record", payload = { sleep = 0.3 }, max_attempts = 1 })
+    local p = worker("tight", { VG_CONCURRENCY = "40", VG_DB_POOL_SIZE = "1",
+                                VG_DB_MAX_OVERFLOW = "1", VG_DB_POOL_TIMEOUT = "0.5" })
+    assert.is_true(tdb.eventually(function()
+      return tdb.count("SELECT count(*) FROM tasks WHERE status = 'completed'") == 60
+    end, 120, 0.25), "not every task completed: "
+      .. tostring(tdb.count("SELECT count(*) FROM tasks WHERE status = 'failed'")) .. " failed")
+    assert.equal(0, tdb.count("SELECT count(*) FROM tasks WHERE attempts > 1"))
+    p:kill("TERM")
+    assert.equal(0, p:wait(60).code)
+  end)
+end)
