@@ -26,7 +26,7 @@ endif
 OBJ      := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRC))
 LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 
-.PHONY: all deps test test-c test-asan asan demo bench bench-smoke install clean check-deps
+.PHONY: all deps test test-c test-asan asan demo bench bench-smoke chaos install clean check-deps
 
 all: $(BUILD)/vg-host
 
@@ -64,6 +64,11 @@ bench: deps all
 
 bench-smoke: all
 	@BENCH_SMOKE=1 sh bench/run.sh
+
+# Fault run (docs/fencing.md): SIGKILLs, killed sessions, a partition and
+# PostgreSQL restarts under load; a few minutes; not part of make test.
+chaos: deps all
+	@sh tests/chaos.sh
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/vg-host

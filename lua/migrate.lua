@@ -9,8 +9,8 @@ local log = require "vg.log"
 local config = require "vg.config"
 local lfs = require "lfs"
 
--- Two-int4 advisory lock key ("vg", 1): never collides with the one-bigint
--- keys the workers use for their liveness locks.
+-- Two-int4 advisory lock key ("vg", 1): never collides with one-bigint keys
+-- that other software on the same database may use.
 local LOCK_A, LOCK_B = 0x7667, 1
 
 local function default_dir()

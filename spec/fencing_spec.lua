@@ -14,44 +14,16 @@ local vg = require "vg"
 local proc = require "vg.proc"
 local host = require "spec.support.host"
 local tdb = require "spec.support.db"
+local ticks = require "spec.support.ticks"
 
 local describe_db = tdb.available() and describe or pending
 
--- The runs of each task in the tick file: task -> list of {pid, first,
--- last, n}, in the order they started.
-local function runs_in(path)
-  local runs = {}
-  local f = io.open(path, "r")
-  if not f then return runs end
-  for line in f:lines() do
-    local task, pid, ns = line:match("^(%d+) (%d+) (%d+)$")
-    if task then
-      task, ns = tonumber(task), tonumber(ns)
-      runs[task] = runs[task] or {}
-      local r
-      for _, x in ipairs(runs[task]) do if x.pid == pid then r = x end end
-      if not r then
-        r = { pid = pid, first = ns, last = ns, n = 0 }
-        table.insert(runs[task], r)
-      end
-      r.first, r.last, r.n = math.min(r.first, ns), math.max(r.last, ns), r.n + 1
-    end
-  end
-  f:close()
-  for _, list in pairs(runs) do table.sort(list, function(a, b) return a.first < b.first end) end
-  return runs
-end
-
 -- Fails when two runs of a task were alive at the same time.
 local function assert_no_overlap(path)
-  local runs = runs_in(path)
-  for task, list in pairs(runs) do
-    for i = 2, #list do
-      local gap = (list[i].first - list[i - 1].last) / 1e9
-      assert(gap > 0, string.format("task %d: run %d (pid %s) started while run %d (pid %s) "
-        .. "still ran (overlap %.3f s)", task, i, list[i].pid, i - 1, list[i - 1].pid, -gap))
-    end
-  end
+  local runs = ticks.runs(path)
+  local o = ticks.overlaps(runs)[1]
+  assert(o == nil, o and string.format("task %d: a run (pid %s) started while the one before it "
+    .. "(pid %s) still ran (overlap %.3f s)", o.task, o.pids[2], o.pids[1], o.seconds))
   return runs
 end
 
@@ -118,7 +90,7 @@ describe_db("fencing", function()
 
   local function wait_ticking(id)
     assert.is_true(tdb.eventually(function()
-      local r = runs_in(tick_file)[id]
+      local r = ticks.runs(tick_file)[id]
       return r ~= nil and r[1].n >= 2
     end, 30), "the step did not start")
   end
@@ -134,7 +106,7 @@ describe_db("fencing", function()
     local victim = worker("victim")
     wait_ticking(id)
     local survivor = worker("survivor")
-    local pgid = runs_in(tick_file)[id][1].pid
+    local pgid = ticks.runs(tick_file)[id][1].pid
     victim:kill("KILL")
     victim:wait(10)
     local killed = vg.now()

@@ -29,6 +29,8 @@
 #                     under /usr/lib/postgresql/*/bin)
 #   PGTMP_USER        user to run as when root (default postgres)
 #   PGTMP_PORT        use this port instead of picking a free one
+#   PGTMP_RESTART_MODE  shutdown mode of `restart`: fast (default) or
+#                     immediate (a crash: recovery on the next start)
 #
 # Files in DIR: data/ (PGDATA), postgres.log, initdb.log, and pgtmp.* files
 # holding the port, bin directory, cluster and socket directories.
@@ -433,7 +435,7 @@ do_restart() {
         rm -f "$PGDATA_DIR/postmaster.pid" "$SOCKDIR/.s.PGSQL.$PORT.lock" \
               "$SOCKDIR/.s.PGSQL.$PORT"
     fi
-    if ! as_pg "$BINDIR/pg_ctl" restart -D "$PGDATA_DIR" -m fast -l "$LOG" \
+    if ! as_pg "$BINDIR/pg_ctl" restart -D "$PGDATA_DIR" -m "${PGTMP_RESTART_MODE:-fast}" -l "$LOG" \
             -w -t 60 >&2 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; then
         show_log
         die "could not restart PostgreSQL on port $PORT (log: $LOG)"

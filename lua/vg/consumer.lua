@@ -62,7 +62,7 @@ function M.new(cfg, opts)
   c.queue = queue.new {
     worker_id = cfg.worker_id, instance = cfg.instance, lease_seconds = c.lease_seconds,
     retry_base = opts.retry_base or cfg.VG_RETRY_BASE, retry_max = opts.retry_max or cfg.VG_RETRY_MAX,
-    restart_grace = math.max(10, 2 * c.liveness),
+    restart_grace = c.liveness + 1,
   }
   -- This worker's liveness: held while vg.now() < deadline. Tasks claimed
   -- under an earlier epoch are fenced.

@@ -17,8 +17,10 @@
 --       the pool, which reconnects (back-off 0.2 s doubling to 5 s) and
 --       subscribes again on its own. opts.on_connect = sql or
 --       {sql, param, ...}: a statement run first on every new LISTEN
---       connection (e.g. a session-level advisory lock held while this
---       process lives); if it fails, db.listen raises its error.
+--       connection (e.g. a session setting); if it fails on the first
+--       connection, db.listen raises its error; after a reconnection the
+--       connection is dropped and made again (with back-off) until it
+--       succeeds, so the session is never used without it.
 --   db.wait_notification([timeout]) -> {channel=, payload=, pid=} or nil
 --       (nil on timeout, on shutdown, and after the LISTEN connection was
 --       re-made, when notifications may have been missed)

@@ -27,12 +27,12 @@ local function recording_step(name)
 end
 
 -- A step command that leaves its own record of how long it ran: it and a
--- child of its (same process group) each append "task pid nanoseconds" to
--- payload.log every 50 ms, payload.ticks times. The fencing specs read the
+-- child of its (same process group) each append "task pid nanoseconds
+-- worker" to payload.log every 50 ms, payload.ticks times. The fencing specs read the
 -- lifetimes of every run of a task from that file.
 local TICKER = [[
 tick() { i=0; while [ $i -lt "$TICKS" ]; do
-  echo "$TASK $$ $(date +%s%N)" >> "$LOG"; sleep 0.05; i=$((i+1)); done; }
+  echo "$TASK $$ $(date +%s%N) $WORKER" >> "$LOG"; sleep 0.05; i=$((i+1)); done; }
 tick & tick; wait
 ]]
 
@@ -40,6 +40,7 @@ local function ticker(ctx)
   local proc = require "vg.proc"
   local r = proc.run({ "sh", "-c", TICKER }, { env = {
     TASK = tostring(ctx.task.id), LOG = ctx.payload.log, TICKS = tostring(ctx.payload.ticks or 20),
+    WORKER = vg.worker_id(),
   } })
   if r.code ~= 0 then error(pipeline.transient("ticker ended with " .. tostring(r.signal_name or r.code))) end
   record(ctx, "ticker")
