@@ -487,4 +487,77 @@ describe("vg-host exit", function()
     assert.truthy(text:find("cleaned", 1, true), "no cleanup: " .. text)
     assert.is_nil(r.stdout:find("proc_abandoned", 1, true))
   end)
+
+  -- A command and a child of its (same group) whose pids are in pidfile.
+  local FAMILY = "sleep 100 & echo $! $$ > %s; wait"
+
+  local function family(pidfile)
+    local deadline = vg.now() + 10
+    local pids
+    repeat
+      vg.sleep(0.02)
+      pids = pids_in(read_file(pidfile) or "")
+    until #pids == 2 or vg.now() > deadline
+    os.remove(pidfile)
+    assert.equal(2, #pids, "the command did not start")
+    return pids
+  end
+
+  it("kills a running command and its child at os.exit", function()
+    local pidfile = os.tmpname()
+    local script = host.script(([[
+      local vg = require "vg"
+      local proc = require "vg.proc"
+      vg.spawn(function() proc.run({ "sh", "-c", %q }) end)
+      while not io.open(%q):read("n") do vg.sleep(0.02) end
+      os.exit(3)
+    ]]):format(FAMILY:format(pidfile), pidfile))
+    local r = host.run({ script }, { timeout = 20 })
+    assert.equal(3, r.code, r.stdout .. r.stderr)
+    assert.is_true(all_gone(family(pidfile)))
+  end)
+
+  it("kills a running command and its child when the host is SIGKILLed (the step guard)", function()
+    local pidfile = os.tmpname()
+    local script = host.script(([[
+      local proc = require "vg.proc"
+      local log = require "vg.log"
+      log.info("guard", { pid = proc.guard_pid() })
+      proc.run({ "sh", "-c", %q })
+    ]]):format(FAMILY:format(pidfile)))
+    local p = host.spawn({ script })
+    track({ p:pid() })
+    local pids = family(pidfile)
+    assert.is_false(all_gone(pids, 0))
+    p:kill("KILL")
+    p:wait(10)
+    assert.is_true(all_gone(pids, 5), "the command outlived its host")
+    assert.is_false(group_alive(pids[2]))
+  end)
+
+  it("ends at once on the third signal, killing the running command and its child", function()
+    local pidfile = os.tmpname()
+    local script = host.script(([[
+      local proc = require "vg.proc"
+      local log = require "vg.log"
+      log.info("ready")
+      proc.run({ "sh", "-c", %q })
+    ]]):format("trap '' TERM; " .. FAMILY:format(pidfile)))
+    -- The command ignores SIGTERM, so only the third signal ends the host.
+    local p = host.spawn({ script }, { env = host.env { VG_SHUTDOWN_GRACE = "600" } })
+    track({ p:pid() })
+    local pids = family(pidfile)
+    for _, sig in ipairs { "TERM", "INT", "TERM" } do
+      p:kill(sig)
+      vg.sleep(0.1)
+    end
+    local r = p:wait(10)
+    assert.is_not_nil(r, "the third signal did not end the host")
+    assert.equal(0, r.code)
+    local lines = host.lines(r.stdout)
+    assert.equal("worker_shutdown", lines[#lines].event)
+    assert.equal("forced", lines[#lines].reason)
+    assert.is_true(all_gone(pids))
+  end)
 end)
+

@@ -41,7 +41,7 @@ end
 describe("lua/worker.lua", function()
   after_each(host.cleanup)
 
-  for _, sig in ipairs { "TERM", "INT" } do
+  for _, sig in ipairs { "TERM", "INT", "HUP" } do
     it("exits 0 soon after SIG" .. sig .. " when idle, with worker_shutdown last", function()
       local p = host.spawn({ "lua/worker.lua" }, { env = worker_env { WORKER_ID = "w-sig" } })
       assert.truthy(host.wait_event(p, "worker_started"))
