@@ -265,6 +265,32 @@ describe("listen on_connect", function()
     assert.is_true(wait_until(function() return lock_holder(key) == nil end))
   end)
 
+  it("retries its statement after a reconnection until it succeeds, never listening without it", function()
+    admin:query([[CREATE TABLE IF NOT EXISTS vgspec_gate (closed boolean NOT NULL);
+                  TRUNCATE vgspec_gate; INSERT INTO vgspec_gate VALUES (false);
+                  CREATE SEQUENCE IF NOT EXISTS vgspec_gate_tries;
+                  CREATE OR REPLACE FUNCTION vgspec_gate() RETURNS void LANGUAGE plpgsql AS $$
+                  BEGIN
+                    PERFORM nextval('vgspec_gate_tries');
+                    IF (SELECT closed FROM vgspec_gate) THEN RAISE EXCEPTION 'gate closed'; END IF;
+                  END $$]])
+    local function tries() return admin:query("SELECT last_value FROM vgspec_gate_tries")[1].last_value end
+    local pool, app = new_pool()
+    pool:listen("vgspec_gate", { on_connect = "select vgspec_gate()" })
+    admin:query("UPDATE vgspec_gate SET closed = true")
+    local before = tries()
+    terminate_all(admin, app, "and query like 'LISTEN%'")
+    -- It fails, is dropped and is tried again, with back-off.
+    assert.is_true(wait_until(function() return tries() >= before + 3 end))
+    assert.same({}, pids(admin, app, "and query like 'LISTEN%'"))
+    admin:query("UPDATE vgspec_gate SET closed = false")
+    assert.is_nil(pool:wait_notification(15)) -- woken once reconnected
+    admin:query("notify vgspec_gate, 'open'")
+    assert.equal("open", pool:wait_notification(5).payload)
+    pool:close(0)
+    admin:query("DROP FUNCTION vgspec_gate(); DROP TABLE vgspec_gate; DROP SEQUENCE vgspec_gate_tries")
+  end)
+
   it("makes listen fail with the statement's error", function()
     local pool = new_pool()
     local ok, err = pcall(pool.listen, pool, "vgspec_bad", { on_connect = "select 1/0" })
