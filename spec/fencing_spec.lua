@@ -139,9 +139,20 @@ describe_db("fencing", function()
     assert.equal(1, #runs)
     assert.equal(1, task_row(id).attempts)
     for _, p in ipairs { owner, peer } do p:kill("TERM") end
-    local out = owner:wait(60).stdout .. peer:wait(60).stdout
+    local owner_out = owner:wait(60).stdout
+    local out = owner_out .. peer:wait(60).stdout
     assert.is_nil(out:find('"event":"task_rescued"', 1, true))
     assert.is_nil(out:find('"event":"task_fenced"', 1, true))
+    -- The heartbeat says whether the liveness is held: it was while the
+    -- task ran (one in flight).
+    local held = false
+    for _, l in ipairs(host.lines(owner_out)) do
+      if l.event == "worker_heartbeat" and l.in_flight == 1 then
+        assert.equal("held", l.liveness)
+        held = true
+      end
+    end
+    assert.is_true(held, "no heartbeat while the task ran")
   end)
 
   it("runs a task once on a role whose idle sessions the server ends after 2 s", function()

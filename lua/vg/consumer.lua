@@ -62,7 +62,8 @@ function M.new(cfg, opts)
   c.queue = queue.new {
     worker_id = cfg.worker_id, instance = cfg.instance, lease_seconds = c.lease_seconds,
     retry_base = opts.retry_base or cfg.VG_RETRY_BASE, retry_max = opts.retry_max or cfg.VG_RETRY_MAX,
-    restart_grace = c.liveness + 1,
+    -- Owners are back within two renewal periods of a server start.
+    restart_grace = 2 * c.liveness / M.RENEW_PER_LIVENESS + 1,
   }
   -- This worker's liveness: held while vg.now() < deadline. Tasks claimed
   -- under an earlier epoch are fenced.
@@ -132,7 +133,7 @@ function Consumer:counts()
 end
 
 -- Whether this worker's liveness is held now, and for how much longer.
-function Consumer:liveness()
+function Consumer:liveness_state()
   local left = self.live.deadline - vg.now()
   return { held = left > 0, seconds_left = math.max(0, left), epoch = self.live.epoch }
 end
@@ -144,7 +145,7 @@ function Consumer:heartbeat(fields)
   fields.tasks_retried = self.stats.retried
   fields.tasks_fenced = self.stats.fenced
   fields.in_flight = self.n_running
-  fields.liveness = self:liveness().held and "held" or "not_held"
+  fields.liveness = self:liveness_state().held and "held" or "not_held"
   self.queue:register(vg.shutdown_requested() and "draining" or "running", self:counts(), vg.version)
 end
 
@@ -258,10 +259,27 @@ function Consumer:renew()
   self.fence_wake:set()
 end
 
+-- One renewal or acquisition at a time: the keeper's and those before
+-- claims take turns. Returns false, without running fn, when shutdown came
+-- while it waited for its turn.
+function Consumer:with_live_lock(fn)
+  while self.acquiring do
+    if not self.acquiring:wait() and vg.shutdown_requested() then return false end
+  end
+  local ev = vg.event()
+  self.acquiring = ev
+  local ok, err = pcall(fn)
+  self.acquiring = nil
+  ev:set()
+  if not ok then error(err, 0) end
+  return true
+end
+
 -- The keeper: renews every VG_LIVENESS_SECONDS / 5 while this worker holds
 -- tasks; an idle worker sends nothing.
 function Consumer:keep_alive()
   local every = self.liveness / M.RENEW_PER_LIVENESS
+  local renew = function() self:renew() end
   while true do
     if self.n_running == 0 then
       self.busy:clear()
@@ -269,7 +287,7 @@ function Consumer:keep_alive()
     end
     vg.sleep(every, { interruptible = false })
     if self.n_running > 0 then
-      local ok, err = pcall(self.renew, self)
+      local ok, err = pcall(self.with_live_lock, self, renew)
       if not ok then
         if vg.is_cancelled(err) then error(err, 0) end
         log.warning("liveness_renewal_failed", { error = tostring(err),
@@ -281,27 +299,21 @@ end
 
 -- Called before every claim: never claim without the liveness held, with
 -- at least the margin to spare. About to lapse: renewed first; lapsed:
--- acquired again. One caller at a time does this; the others wait for it.
+-- acquired again. Returns false when shutdown came first (claim nothing).
 function Consumer:ensure_live()
-  while self.acquiring do self.acquiring:wait(nil, { interruptible = false }) end
-  local t0 = vg.now()
-  if t0 < self.live.deadline - self.margin then return end
-  local ev = vg.event()
-  self.acquiring = ev
-  local ok, err = pcall(function()
-    if t0 < self.live.deadline then
-      self:renew()
-    else
-      self:acquire(t0)
-    end
+  if vg.now() < self.live.deadline - self.margin then return true end
+  local done = self:with_live_lock(function()
+    local t0 = vg.now()
+    if t0 < self.live.deadline - self.margin then return end -- done meanwhile
+    if t0 < self.live.deadline then self:renew() else self:acquire(t0) end
   end)
-  self.acquiring = nil
-  ev:set()
-  if not ok then error(err, 0) end
+  if not done then return false end
   if vg.now() >= self.live.deadline - self.margin then
-    error({ code = "liveness_not_held", message = "the worker's liveness could not be renewed",
-            retriable = true }, 0)
+    error(setmetatable({ code = "liveness_not_held", retriable = true,
+                         message = "the worker's liveness could not be renewed: claiming nothing" },
+                       { __tostring = function(e) return e.code .. ": " .. e.message end }), 0)
   end
+  return true
 end
 
 -- Claim up to n tasks under the held liveness. Each task carries the epoch
@@ -309,7 +321,7 @@ end
 -- task whose liveness lapsed while the claim was on its way is given back
 -- at once, not run.
 function Consumer:claim(n)
-  self:ensure_live()
+  if not self:ensure_live() then return {} end
   local epoch, t0 = self.live.epoch, vg.now()
   local rows = self.queue:claim(n)
   local keep = {}

@@ -234,10 +234,12 @@ SELECT (SELECT count(*) FROM released)::int AS released, (SELECT count(*) FROM u
 -- Rescue in one statement: tasks whose lease expired, and tasks of
 -- instances whose liveness lapsed on the database clock, go back to retry
 -- (or to failed when their attempts are used up), keeping their place in
--- the queue (run_at untouched). Liveness lapses are not acted on in the
--- first $2 seconds after a server start: every owner lost its connections
--- at once then, and each gives its own tasks back (attempt not counted)
--- when it acquires its liveness again. Also reports how many tasks are in
+-- the queue (run_at untouched). A liveness that lapsed after the server
+-- (re)started is not acted on in the first $2 seconds after that start:
+-- its owner could not renew while the server was down, and gives its own
+-- tasks back (attempt not counted) when it takes its liveness again. One
+-- that lapsed before the start was lapsed while the server was up: its
+-- owner is gone, and its tasks are rescued at once. Also reports how many tasks are in
 -- flight, when the next queued task is due and when the next lease or
 -- liveness could lapse, so an idle worker sends this one statement per
 -- poll and wakes up when a rescue may be due.
@@ -249,7 +251,8 @@ WITH victims AS (
             OR EXISTS (SELECT 1 FROM workers w
                         WHERE w.worker_id = t.claimed_by AND w.instance = t.claimed_instance
                           AND w.alive_until < now()
-                          AND pg_postmaster_start_time() < now() - make_interval(secs => $2)))
+                          AND (w.alive_until < pg_postmaster_start_time()
+                               OR pg_postmaster_start_time() < now() - make_interval(secs => $2))))
      ORDER BY t.id
      LIMIT 100
        FOR UPDATE OF t SKIP LOCKED
