@@ -152,7 +152,9 @@ end
 -- ---- liveness, leases and the fence ----------------------------------------
 
 -- The connection for liveness and lease renewals: a pool of one, so that a
--- renewal never waits behind task queries. Opened on first use.
+-- renewal never waits behind task queries. Opened by the first renewal of
+-- a busy spell, closed once the worker has been idle for a liveness period
+-- (an idle worker keeps its two connections: the pool's and LISTEN).
 function Consumer:live_pool()
   if not self.live_db then
     self.live_db = db.pool {
@@ -209,7 +211,7 @@ end
 -- Take the liveness (again): gives back, in the same statement, every task
 -- still held in the database under an earlier one. t0: before the send.
 function Consumer:acquire(t0)
-  local held, released = self.queue:acquire_liveness(self:live_pool(), self.liveness)
+  local held, released = self.queue:acquire_liveness(nil, self.liveness)
   if not held then error("the workers row could not be written", 0) end
   self.live.epoch = self.live.epoch + 1
   self.live.deadline = t0 + self.liveness - self.margin
@@ -277,13 +279,23 @@ end
 
 -- The keeper: renews every VG_LIVENESS_SECONDS / 5 while this worker holds
 -- tasks; an idle worker sends nothing.
+function Consumer:close_live_pool()
+  local pool = self.live_db
+  self.live_db = nil
+  if pool then pool:close(0) end
+end
+
 function Consumer:keep_alive()
   local every = self.liveness / M.RENEW_PER_LIVENESS
   local renew = function() self:renew() end
+  local wait = { interruptible = false }
   while true do
     if self.n_running == 0 then
       self.busy:clear()
-      if self.n_running == 0 then self.busy:wait(nil, { interruptible = false }) end
+      if self.n_running == 0 and not self.busy:wait(self.liveness, wait) then
+        self:close_live_pool()
+        if self.n_running == 0 then self.busy:wait(nil, wait) end
+      end
     end
     vg.sleep(every, { interruptible = false })
     if self.n_running > 0 then
@@ -687,7 +699,7 @@ function Consumer:stop()
     pcall(t.join, t)
   end
   proc.fence(nil)
-  if self.live_db then self.live_db:close() end
+  self:close_live_pool()
   local ok, err = pcall(self.queue.register, self.queue, "stopped", self:counts(), vg.version)
   if not ok then log.warning("worker_row_not_updated", { error = tostring(err) }) end
 end

@@ -418,15 +418,19 @@ function Queue:rescue()
   return row.in_flight, rescued, due, expiry
 end
 
--- Liveness, on the given pool (the consumer's own connection, so that it
--- never waits behind task queries). renew -> true while held; acquire ->
--- true, and the number of tasks it gave back.
+-- Liveness, on the given pool (renewals: the consumer's own connection, so
+-- that they never wait behind task queries; acquire: nil, the shared pool,
+-- as an idle worker has closed its own). renew -> true while held; acquire
+-- -> true, and the number of tasks it gave back.
 function Queue:renew_liveness(pool, seconds)
   return #pool:query(M.LIVENESS_RENEW_SQL, self.worker_id, self.instance, seconds) > 0
 end
 
 function Queue:acquire_liveness(pool, seconds)
-  local row = pool:query(M.LIVENESS_ACQUIRE_SQL, self.worker_id, self.instance, seconds)[1]
+  local rows
+  if pool then rows = pool:query(M.LIVENESS_ACQUIRE_SQL, self.worker_id, self.instance, seconds)
+  else rows = db.query(M.LIVENESS_ACQUIRE_SQL, self.worker_id, self.instance, seconds) end
+  local row = rows[1]
   return row.held > 0, row.released
 end
 
