@@ -405,8 +405,6 @@ void vg_pglistener_unwait(vg_pglistener_t *l, vg_pgwait_t *w)
     listener_update_ref(l);
 }
 
-int vg_pglistener_channels(const vg_pglistener_t *l) { return l->n_channels; }
-
 static void on_connect_free(vg_pglistener_t *l)
 {
     for (int i = 0; i < l->oc_n; i++) free(l->oc_vals[i]);
