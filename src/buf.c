@@ -109,9 +109,7 @@ char *vg_buf_steal(vg_buf_t *b)
     return p;
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 when invalid:
- * overlong forms, surrogates and code points above U+10FFFF are invalid. */
-static size_t utf8_valid_len(const unsigned char *s, size_t n)
+size_t vg_utf8_len(const unsigned char *s, size_t n)
 {
     unsigned c = s[0];
     size_t len;
@@ -128,6 +126,41 @@ static size_t utf8_valid_len(const unsigned char *s, size_t n)
     }
     if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
     return len;
+}
+
+bool vg_utf8_valid(const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < n) {
+        size_t len = vg_utf8_len(s + i, n - i);
+        if (len == 0) return false;
+        i += len;
+    }
+    return true;
+}
+
+int vg_hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+char **vg_strv_copy(const char *const *v)
+{
+    size_t n = 0;
+    while (v[n]) n++;
+    char **out = vg_xcalloc(n + 1, sizeof *out);
+    for (size_t i = 0; i < n; i++) out[i] = vg_xstrdup(v[i]);
+    return out;
+}
+
+void vg_strv_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++) free(v[i]);
+    free(v);
 }
 
 void vg_json_str(vg_buf_t *b, const char *str, size_t n)
@@ -162,7 +195,7 @@ void vg_json_str(vg_buf_t *b, const char *str, size_t n)
             i++;
             continue;
         }
-        size_t len = utf8_valid_len(s + i, n - i);
+        size_t len = vg_utf8_len(s + i, n - i);
         if (len == 0) {
             vg_buf_add(b, "\xEF\xBF\xBD", 3); /* U+FFFD for each bad byte */
             i++;

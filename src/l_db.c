@@ -308,7 +308,7 @@ static int query_send(lua_State *L, qop_t *op)
     vg_l_db_free_params(&p);
     if (rc != 0) {
         lua_pushstring(L, vg_pgconn_error(op->conn));
-        bool lost = op->conn->state != VG_PGCONN_IDLE;
+        bool lost = vg_pgconn_state(op->conn) != VG_PGCONN_IDLE;
         if (!op->lc) vg_pgpool_release(op->pool, op->conn);
         qop_free(op);
         vg_l_db_push_query_error(L, NULL, lost, lua_tostring(L, -1));
@@ -327,7 +327,7 @@ static int query_sent_k(lua_State *L, int status, lua_KContext ctx)
     qop_t *op = (qop_t *)(intptr_t)ctx;
     PGresult *res = op->res;
     vg_pgconn_t *conn = op->conn;
-    bool lost = conn->state != VG_PGCONN_IDLE;
+    bool lost = vg_pgconn_state(conn) != VG_PGCONN_IDLE;
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY ||
               st == PGRES_SINGLE_TUPLE;
@@ -484,7 +484,7 @@ static int l_conn_tx_status(lua_State *L)
 {
     l_conn_t *lc = check_conn(L, 1);
     const char *s = "closed";
-    if (lc->c && lc->c->state == VG_PGCONN_IDLE) {
+    if (lc->c && vg_pgconn_state(lc->c) == VG_PGCONN_IDLE) {
         switch (vg_pgconn_tx_status(lc->c)) {
         case PQTRANS_IDLE: s = "idle"; break;
         case PQTRANS_INTRANS: s = "intrans"; break;
@@ -492,7 +492,7 @@ static int l_conn_tx_status(lua_State *L)
         case PQTRANS_ACTIVE: s = "active"; break;
         default: s = "unknown"; break;
         }
-    } else if (lc->c && lc->c->state == VG_PGCONN_BUSY) {
+    } else if (lc->c && vg_pgconn_state(lc->c) == VG_PGCONN_BUSY) {
         s = "active";
     } else if (lc->c) {
         s = "broken";

@@ -35,27 +35,6 @@ void vg_l_db_types_init(lua_State *L)
 
 /* ---- parameters ----------------------------------------------------------- */
 
-static bool valid_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        if (c == 0) return false;
-        if (c < 0x80) { i++; continue; }
-        size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        if (!len || i + len > n || c == 0xC0 || c == 0xC1 || c > 0xF4) return false;
-        for (size_t k = 1; k < len; k++)
-            if ((s[i + k] & 0xC0) != 0x80) return false;
-        uint32_t cp = c & (0x7F >> len);
-        for (size_t k = 1; k < len; k++) cp = (cp << 6) | (s[i + k] & 0x3F);
-        if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 static bool is_bytea(lua_State *L, int idx)
 {
     if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return false;
@@ -120,7 +99,7 @@ void vg_l_db_build_params(lua_State *L, int first, vg_l_db_params_t *p)
             size_t len;
             const char *s = lua_tolstring(L, idx, &len);
             p->vals[i] = s;
-            if (!valid_utf8((const unsigned char *)s, len)) {
+            if (memchr(s, 0, len) || !vg_utf8_valid(s, len)) {
                 /* Not text (a zero byte, binary data): send it as bytea. */
                 p->fmts[i] = 1;
                 p->lens[i] = (int)len;
@@ -204,14 +183,6 @@ static void push_json(lua_State *L, const char *s, int len)
     lua_pushlstring(L, s, (size_t)len); /* undecodable: the text itself */
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 static void push_bytea(lua_State *L, const char *s, int len)
 {
     if (len >= 2 && s[0] == '\\' && s[1] == 'x') { /* hex output (the default) */
@@ -220,7 +191,7 @@ static void push_bytea(lua_State *L, const char *s, int len)
         char *out = luaL_buffinitsize(L, &b, n);
         size_t k = 0;
         for (int i = 2; i + 1 < len; i += 2) {
-            int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+            int hi = vg_hex_digit(s[i]), lo = vg_hex_digit(s[i + 1]);
             if (hi < 0 || lo < 0) break;
             out[k++] = (char)(hi << 4 | lo);
         }

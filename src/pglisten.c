@@ -216,7 +216,7 @@ static void on_listen_done(vg_pgconn_t *c, PGresult *res, void *arg)
     int sending = l->sending;
     l->busy = false;
     l->sending = SEND_NONE;
-    if (c->state != VG_PGCONN_IDLE) {
+    if (vg_pgconn_state(c) != VG_PGCONN_IDLE) {
         listener_lost(l, err ? err : vg_pgconn_error(c));
     } else if (sending == SEND_ON_CONNECT) {
         l->need_on_connect = false;
@@ -273,7 +273,7 @@ static void listener_kick(vg_pglistener_t *l)
             listener_connect(l);
         return;
     }
-    if (l->c->state != VG_PGCONN_IDLE) return;
+    if (vg_pgconn_state(l->c) != VG_PGCONN_IDLE) return;
     if (l->need_on_connect && l->oc_sql) {
         listener_send(l, SEND_ON_CONNECT, l->oc_sql, l->oc_n,
                       (const char *const *)l->oc_vals);
@@ -297,28 +297,13 @@ static void on_listen_retry(uv_timer_t *h)
     if (!l->closed && !l->c) listener_connect(l);
 }
 
-static char **copy_strv(const char *const *v)
-{
-    size_t n = 0;
-    while (v[n]) n++;
-    char **out = vg_xcalloc(n + 1, sizeof *out);
-    for (size_t i = 0; i < n; i++) out[i] = vg_xstrdup(v[i]);
-    return out;
-}
-
-static void free_strv(char **v)
-{
-    for (size_t i = 0; v && v[i]; i++) free(v[i]);
-    free(v);
-}
-
 vg_pglistener_t *vg_pglistener_new(uv_loop_t *loop, const vg_pgconn_params_t *params,
                                    const char *describe)
 {
     vg_pglistener_t *l = vg_xcalloc(1, sizeof *l);
     l->loop = loop;
-    l->keys = copy_strv(params->keys);
-    l->vals = copy_strv(params->vals);
+    l->keys = vg_strv_copy(params->keys);
+    l->vals = vg_strv_copy(params->vals);
     l->connect_timeout = params->timeout_s;
     l->describe = vg_xstrdup(describe ? describe : "");
     l->backoff = 0.2;
@@ -454,8 +439,8 @@ void vg_pglistener_close(vg_pglistener_t *l)
 static void on_retry_closed(uv_handle_t *h)
 {
     vg_pglistener_t *l = h->data;
-    free_strv(l->keys);
-    free_strv(l->vals);
+    vg_strv_free(l->keys);
+    vg_strv_free(l->vals);
     free(l->describe);
     free(l);
 }
