@@ -23,9 +23,7 @@
  *                                   checked out were closed by force
  *   pool:wait_ready([timeout])   -> true, or false when shutdown came first;
  *                                   raises database_unreachable
- *   pool:listen(channel [, {on_connect = sql | {sql, params...}}]),
- *   pool:unlisten([channel])
- *   pool:wait_notification([timeout]) -> {channel=, payload=, pid=} or nil
+ *   pool:listen, pool:unlisten, pool:wait_notification: src/l_db_listen.c
  *
  * Every wait is a scheduler wait with one cleanup (vg/sched.h): a task
  * cancelled in the middle of a query gives its connection back to the
@@ -41,19 +39,16 @@
 #include "vg/config.h"
 #include "vg/dburl.h"
 #include "vg/err.h"
+#include "vg/l_db.h"
 #include "vg/l_db_types.h"
 #include "vg/log.h"
 #include "vg/pgpool.h"
 #include "vg/sched_host.h"
 
-#define POOL_MT "vg.db.Pool"
+#define POOL_MT VG_L_DB_POOL_MT
 #define CONN_MT "vg.db.Conn"
 
-typedef struct l_pool {
-    vg_pgpool_t *pool;      /* NULL once destroyed */
-    double pool_timeout;
-    struct l_pool *next;    /* every live pool, for the exit hook */
-} l_pool_t;
+typedef vg_l_db_pool_t l_pool_t;
 
 typedef struct qop qop_t;
 
@@ -169,14 +164,14 @@ static void push_pool(lua_State *L, int idx)
     }
 }
 
-static l_pool_t *check_lpool(lua_State *L, int idx)
+l_pool_t *vg_l_db_check_lpool(lua_State *L, int idx)
 {
     return luaL_checkudata(L, idx, POOL_MT);
 }
 
-static vg_pgpool_t *check_pool(lua_State *L, int idx)
+vg_pgpool_t *vg_l_db_check_pool(lua_State *L, int idx)
 {
-    l_pool_t *lp = check_lpool(L, idx);
+    l_pool_t *lp = vg_l_db_check_lpool(L, idx);
     if (!lp->pool || vg_pgpool_closed(lp->pool))
         vg_err_raise(L, "pool_closed", false, "the database pool is closed");
     return lp->pool;
@@ -184,7 +179,7 @@ static vg_pgpool_t *check_pool(lua_State *L, int idx)
 
 static int l_pool_gc(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     for (l_pool_t **pp = &D.pools; *pp; pp = &(*pp)->next) {
         if (*pp == lp) {
             *pp = lp->next;
@@ -294,6 +289,36 @@ static void qop_done(vg_pgconn_t *c, PGresult *res, void *arg)
 
 static int query_sent_k(lua_State *L, int status, lua_KContext ctx);
 
+/* Ask the pool for a connection for task t. Returns op with op->conn set
+ * when one was free at once, or op waiting for one (the caller then waits
+ * with checkout_wait); raises pool_closed. */
+static qop_t *checkout(lua_State *L, vg_task_t *t, vg_pgpool_t *pool)
+{
+    qop_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    op->pool = pool;
+    op->req.cb = qop_acquired;
+    op->req.arg = op;
+    op->phase = Q_ACQUIRE;
+    vg_pgconn_t *c;
+    int rc = vg_pgpool_acquire(pool, &op->req, &c);
+    if (rc < 0) {
+        qop_free(op);
+        vg_err_raise(L, "pool_closed", false, "the database pool is closed");
+    }
+    if (rc == 0) op->conn = c;
+    return op;
+}
+
+/* Wait for the connection of a checkout; k runs when it came or failed.
+ * No timeout here: the pool fails the request with pool_timeout. */
+static int checkout_wait(lua_State *L, qop_t *op, lua_KFunction k)
+{
+    vg_task_wait(op->task, 0, -1, qop_cleanup, op);
+    vg_task_wait_label(op->task, "db checkout");
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, k);
+}
+
 /* Send the query of the call whose SQL is at index 2 and parameters from
  * 3, on op->conn, and wait. */
 static int query_send(lua_State *L, qop_t *op)
@@ -367,30 +392,12 @@ static int query_acquired_k(lua_State *L, int status, lua_KContext ctx)
 /* pool:query(sql, ...) -> rows, affected */
 static int l_pool_query(lua_State *L)
 {
-    vg_pgpool_t *pool = check_pool(L, 1);
+    vg_pgpool_t *pool = vg_l_db_check_pool(L, 1);
     luaL_checkstring(L, 2);
     vg_l_db_check_params(L, 3);
-    vg_task_t *t = vg_task_current(L);
-    qop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->pool = pool;
-    op->req.cb = qop_acquired;
-    op->req.arg = op;
-    op->phase = Q_ACQUIRE;
-    vg_pgconn_t *c;
-    int rc = vg_pgpool_acquire(pool, &op->req, &c);
-    if (rc < 0) {
-        qop_free(op);
-        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
-    }
-    if (rc == 0) {
-        op->conn = c;
-        return query_send(L, op);
-    }
-    /* No timeout here: the pool fails the request with pool_timeout. */
-    vg_task_wait(t, 0, -1, qop_cleanup, op);
-    vg_task_wait_label(t, "db checkout");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, query_acquired_k);
+    qop_t *op = checkout(L, vg_task_current(L), pool);
+    if (op->conn) return query_send(L, op);
+    return checkout_wait(L, op, query_acquired_k);
 }
 
 /* ---- checked-out connections (transactions) --------------------------------------- */
@@ -424,29 +431,15 @@ static int acquire_k(lua_State *L, int status, lua_KContext ctx)
 /* pool:acquire() -> conn (give it back with conn:release()) */
 static int l_pool_acquire(lua_State *L)
 {
-    vg_pgpool_t *pool = check_pool(L, 1);
+    vg_pgpool_t *pool = vg_l_db_check_pool(L, 1);
     lua_settop(L, 1);
-    vg_task_t *t = vg_task_current(L);
-    qop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->pool = pool;
-    op->req.cb = qop_acquired;
-    op->req.arg = op;
-    op->phase = Q_ACQUIRE;
-    vg_pgconn_t *c;
-    int rc = vg_pgpool_acquire(pool, &op->req, &c);
-    if (rc < 0) {
-        qop_free(op);
-        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
-    }
-    if (rc == 0) {
-        push_conn(L, pool, c);
+    qop_t *op = checkout(L, vg_task_current(L), pool);
+    if (op->conn) {
+        push_conn(L, pool, op->conn);
         qop_free(op);
         return 1;
     }
-    vg_task_wait(t, 0, -1, qop_cleanup, op);
-    vg_task_wait_label(t, "db checkout");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, acquire_k);
+    return checkout_wait(L, op, acquire_k);
 }
 
 /* conn:query(sql, ...) -> rows, affected */
@@ -522,7 +515,7 @@ static void push_stats(lua_State *L, const vg_pgpool_stats_t *s)
 
 static int l_pool_stats(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     vg_pgpool_stats_t s;
     if (lp->pool) vg_pgpool_stats(lp->pool, &s);
     else memset(&s, 0, sizeof s);
@@ -572,14 +565,14 @@ static int close_k(lua_State *L, int status, lua_KContext ctx)
     close_op_t *op = (close_op_t *)(intptr_t)ctx;
     bool forced = op->forced;
     free(op);
-    return close_finish(L, check_lpool(L, 1), forced);
+    return close_finish(L, vg_l_db_check_lpool(L, 1), forced);
 }
 
 /* pool:close([timeout]) -> true, or false when some checked-out connections
  * had to be closed by force after the timeout (default VG_SHUTDOWN_GRACE). */
 static int l_pool_close(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     double timeout = luaL_optnumber(L, 2, vg_config_num("VG_SHUTDOWN_GRACE"));
     lua_settop(L, 1);
     if (!lp->pool) {
@@ -653,7 +646,7 @@ static int wait_backoff_k(lua_State *L, int status, lua_KContext ctx)
 
 static int wait_probe_k(lua_State *L, int status, lua_KContext ctx)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     vg_wake_t why = vg_task_woken(L);
     double now = (double)uv_hrtime() / 1e9;
     if (why == VG_WAKE_TIMEOUT) { /* the deadline passed during an attempt */
@@ -707,7 +700,7 @@ static int wait_probe_k(lua_State *L, int status, lua_KContext ctx)
 
 static int wait_attempt(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     if (!lp->pool || vg_pgpool_closed(lp->pool))
         return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
     if (vg_shutdown_requested()) {
@@ -731,8 +724,8 @@ static int wait_attempt(lua_State *L)
  * (default VG_DB_CONNECT_TIMEOUT), retrying with back-off. */
 static int l_pool_wait_ready(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
-    check_pool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
+    vg_l_db_check_pool(L, 1);
     double timeout = luaL_optnumber(L, 2, vg_config_num("VG_DB_CONNECT_TIMEOUT"));
     vg_pgpool_stats_t s;
     vg_pgpool_stats(lp->pool, &s);
@@ -750,174 +743,18 @@ static int l_pool_wait_ready(lua_State *L)
     return wait_attempt(L);
 }
 
-/* ---- LISTEN / NOTIFY ---------------------------------------------------------------- */
-
-typedef struct {
-    vg_task_t *task;
-    vg_pglistener_t *l;
-    vg_pglisten_req_t req;
-    vg_pgwait_t wait;
-    bool done;
-    char *error;
-    vg_pgnotify_t *n;
-} lop_t;
-
-static void lop_listened(vg_pglisten_req_t *r, const char *error)
-{
-    lop_t *op = r->arg;
-    op->done = true;
-    if (error) op->error = vg_xstrdup(error);
-    vg_task_wake(op->task);
-}
-
-static void lop_cleanup(void *arg)
-{
-    lop_t *op = arg;
-    vg_pglistener_forget(op->l, &op->req);
-    vg_pglistener_unwait(op->l, &op->wait);
-    vg_pgnotify_free(op->n);
-    free(op->error);
-    free(op);
-}
-
-static int listen_k(lua_State *L, int status, lua_KContext ctx)
-{
-    vg_wake_t why = vg_task_woken(L);
-    if (why != VG_WAKE_DONE)
-        return vg_err_raise(L, "pool_timeout", true,
-                            "LISTEN/UNLISTEN was not confirmed within the pool timeout");
-    lop_t *op = (lop_t *)(intptr_t)ctx;
-    char *error = op->error;
-    free(op);
-    if (error) {
-        lua_pushstring(L, error);
-        free(error);
-        return vg_err_raise(L, "listen_failed", true, "%s", lua_tostring(L, -1));
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static int listen_common(lua_State *L, bool listen)
-{
-    l_pool_t *lp = check_lpool(L, 1);
-    vg_pgpool_t *pool = check_pool(L, 1);
-    const char *channel = listen ? luaL_checkstring(L, 2) : luaL_optstring(L, 2, NULL);
-    luaL_argcheck(L, !channel || (*channel && strlen(channel) < 64), 2,
-                  "a channel name is 1 to 63 bytes");
-    vg_task_t *t = vg_task_current(L);
-    vg_pglistener_t *l = vg_pgpool_listener(pool);
-    if (listen && lua_istable(L, 3)) {
-        /* opts.on_connect = sql or {sql, param, ...}: run first on every new
-         * LISTEN connection (a session lock, a SET). */
-        lua_getfield(L, 3, "on_connect");
-        int oc = lua_gettop(L);
-        if (lua_isstring(L, oc)) {
-            vg_pglistener_on_connect(l, lua_tostring(L, oc), 0, NULL);
-        } else if (lua_istable(L, oc)) {
-            lua_rawgeti(L, oc, 1);
-            if (!lua_isstring(L, -1)) luaL_argerror(L, 3, "on_connect[1] must be the SQL text");
-            int first = lua_gettop(L) + 1;
-            lua_Integer n = (lua_Integer)lua_rawlen(L, oc);
-            luaL_checkstack(L, (int)n, "too many on_connect parameters");
-            for (lua_Integer i = 2; i <= n; i++) lua_rawgeti(L, oc, i);
-            vg_l_db_check_params(L, first);
-            vg_l_db_params_t p;
-            vg_l_db_build_params(L, first, &p);
-            vg_pglistener_on_connect(l, lua_tostring(L, first - 1), p.n, p.vals);
-            vg_l_db_free_params(&p);
-        } else if (!lua_isnil(L, oc)) {
-            luaL_argerror(L, 3, "on_connect must be SQL text or {sql, params...}");
-        }
-        lua_settop(L, 3);
-    }
-    lop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->l = l;
-    op->req.cb = lop_listened;
-    op->req.arg = op;
-    if (vg_pglistener_request(op->l, channel, listen, &op->req) != 0) {
-        free(op);
-        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
-    }
-    vg_task_wait(t, 0, lp->pool_timeout > 0 ? lp->pool_timeout : 30, lop_cleanup, op);
-    vg_task_wait_label(t, listen ? "db listen" : "db unlisten");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, listen_k);
-}
-
-static int l_pool_listen(lua_State *L) { return listen_common(L, true); }
-static int l_pool_unlisten(lua_State *L) { return listen_common(L, false); }
-
-static void push_notify(lua_State *L, vg_pgnotify_t *n)
-{
-    lua_createtable(L, 0, 3);
-    lua_pushstring(L, n->channel);
-    lua_setfield(L, -2, "channel");
-    lua_pushstring(L, n->payload);
-    lua_setfield(L, -2, "payload");
-    lua_pushinteger(L, n->pid);
-    lua_setfield(L, -2, "pid");
-    vg_pgnotify_free(n);
-}
-
-static void lop_notified(vg_pgwait_t *w, vg_pgnotify_t *n)
-{
-    lop_t *op = w->arg;
-    op->n = n;
-    op->done = true;
-    vg_task_wake(op->task);
-}
-
-static int wait_notification_k(lua_State *L, int status, lua_KContext ctx)
-{
-    vg_wake_t why = vg_task_woken(L);
-    if (why != VG_WAKE_DONE) return 0; /* timeout or shutdown: nil (cleanup ran) */
-    lop_t *op = (lop_t *)(intptr_t)ctx;
-    vg_pgnotify_t *n = op->n;
-    free(op);
-    if (!n) return 0;
-    push_notify(L, n);
-    return 1;
-}
-
-/* pool:wait_notification([timeout]) -> {channel=, payload=, pid=}, or nil
- * on timeout, on shutdown, or after the LISTEN connection was re-made
- * (notifications may have been missed: look for work). */
-static int l_pool_wait_notification(lua_State *L)
-{
-    vg_pgpool_t *pool = check_pool(L, 1);
-    double timeout = luaL_optnumber(L, 2, -1);
-    vg_pglistener_t *l = vg_pgpool_listener(pool);
-    vg_pgnotify_t *n = vg_pglistener_pop(l);
-    if (n) {
-        push_notify(L, n);
-        return 1;
-    }
-    if (vg_shutdown_requested() || timeout == 0) return 0;
-    vg_task_t *t = vg_task_current(L);
-    lop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->l = l;
-    op->wait.cb = lop_notified;
-    op->wait.arg = op;
-    vg_pglistener_wait(l, &op->wait);
-    vg_task_wait(t, VG_WAIT_INTERRUPTIBLE, timeout, lop_cleanup, op);
-    vg_task_wait_label(t, "db notification");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, wait_notification_k);
-}
-
 /* ---- small things ----------------------------------------------------------------- */
 
 static int l_pool_describe(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     lua_pushstring(L, lp->pool ? vg_pgpool_describe(lp->pool) : "(closed)");
     return 1;
 }
 
 static int l_pool_tostring(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     lua_pushfstring(L, "vg.db.Pool(%s)", lp->pool ? vg_pgpool_describe(lp->pool) : "closed");
     return 1;
 }
@@ -957,9 +794,6 @@ static const luaL_Reg pool_methods[] = {
     {"stats", l_pool_stats},
     {"close", l_pool_close},
     {"wait_ready", l_pool_wait_ready},
-    {"listen", l_pool_listen},
-    {"unlisten", l_pool_unlisten},
-    {"wait_notification", l_pool_wait_notification},
     {"describe", l_pool_describe},
     {NULL, NULL},
 };
@@ -988,6 +822,7 @@ int luaopen_vg_db_core(lua_State *L)
     int mod = lua_gettop(L);
     if (luaL_newmetatable(L, POOL_MT)) {
         luaL_newlib(L, pool_methods);
+        luaL_setfuncs(L, vg_l_db_listen_methods, 0);
         lua_pushvalue(L, -1);
         lua_setfield(L, mod, "Pool");
         lua_setfield(L, -2, "__index");

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "vg/buf.h"
+#include "vg/util.h"
 #include "vg/err.h"
 #include "vg/l_json.h"
 #include "vg/pgconn.h"

@@ -88,6 +88,7 @@
 #include <sys/stat.h>
 
 #include "vg/buf.h"
+#include "vg/util.h"
 #include "vg/err.h"
 #include "vg/proc.h"
 #include "vg/sched_host.h"
@@ -384,18 +385,12 @@ static void parse_args(lua_State *L, int argv, int opts, vg_proc_opts_t *o)
     parse_env(L, opts, keep, o);
 }
 
-static bool is_dir(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 static int raise_spawn_failed(lua_State *L, const vg_proc_opts_t *o, int rc)
 {
     const char *cmd = o->argv[0];
     /* Out of processes, descriptors or memory may pass; a bad command not. */
     bool retriable = rc == UV_EAGAIN || rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOMEM;
-    if (rc == UV_ENOENT && o->cwd && !is_dir(o->cwd))
+    if (rc == UV_ENOENT && o->cwd && !vg_is_dir(o->cwd))
         vg_err_push(L, "spawn_failed", retriable, "cannot run '%s': working directory '%s': %s",
                     cmd, o->cwd, uv_strerror(rc));
     else

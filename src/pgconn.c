@@ -15,6 +15,7 @@
 #include <strings.h>
 
 #include "vg/buf.h"
+#include "vg/util.h"
 #include "vg/log.h"
 #include "vg/pgstmt.h"
 

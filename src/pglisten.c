@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "vg/buf.h"
+#include "vg/util.h"
 #include "vg/log.h"
 
 #define NOTIFY_QUEUE_MAX 10000

@@ -3,7 +3,6 @@
 #define VG_BUF_H
 
 #include <stdarg.h>
-#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct vg_buf {
@@ -35,19 +34,6 @@ void vg_json_str(vg_buf_t *b, const char *s, size_t n);
  * "-inf") since JSON cannot hold them. Integers keep all their digits. */
 void vg_json_num(vg_buf_t *b, double v);
 void vg_json_int(vg_buf_t *b, long long v);
-
-/* Length of the valid UTF-8 sequence at s (1..4, n bytes available), or 0
- * when invalid: overlong forms, surrogates and code points above U+10FFFF
- * are invalid. */
-size_t vg_utf8_len(const unsigned char *s, size_t n);
-/* Is s[0..n) valid UTF-8 throughout? (A NUL byte is valid UTF-8.) */
-bool vg_utf8_valid(const char *s, size_t n);
-/* The value of one hexadecimal digit, or -1. */
-int vg_hex_digit(char c);
-
-/* NULL-terminated string vectors: a deep copy, and its free (NULL is fine). */
-char **vg_strv_copy(const char *const *v);
-void vg_strv_free(char **v);
 
 /* Allocation that aborts on failure, with a message on stderr. */
 void *vg_xmalloc(size_t n);
