@@ -2,11 +2,12 @@
 -- a query in flight on a dying connection; LISTEN/NOTIFY and its
 -- reconnection; waiting for the database at start-up; and passwords that
 -- never reach a log line. Against TEST_DATABASE_URL (restart: PGTMP_DIR).
-local URL = os.getenv("TEST_DATABASE_URL")
-if not URL then
+local dbs = require "spec.support.db"
+if not dbs.available() then
   describe("vg.db failover", function() pending("TEST_DATABASE_URL is not set") end)
   return
 end
+local URL = dbs.url
 
 local vg = require "vg"
 local db = require "vg.db"
@@ -16,24 +17,9 @@ local cjson = require "cjson"
 local PGTMP_DIR = os.getenv("PGTMP_DIR")
 local BIN = os.getenv("VG_HOST_BIN") or "build/vg-host"
 
-local seq = 0
-local function new_pool(opts)
-  seq = seq + 1
-  opts = opts or {}
-  opts.url = opts.url or URL
-  opts.application_name = opts.application_name
-    or ("vgspec-fo-" .. seq .. "-" .. math.random(1e6))
-  return db.pool(opts), opts.application_name
-end
+local new_pool = dbs.pool_maker("vgspec-fo")
 
-local function wait_until(cond, timeout)
-  local deadline = vg.now() + (timeout or 5)
-  while not cond() do
-    if vg.now() > deadline then return false end
-    vg.sleep(0.01)
-  end
-  return true
-end
+local wait_until = dbs.wait_until
 
 local function pids(admin, app, extra)
   local rows = admin:query("select pid from pg_stat_activity where application_name = $1 "

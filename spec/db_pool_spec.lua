@@ -2,39 +2,24 @@
 -- the loop, keeps its limits as the server sees them, closes overflow
 -- connections, times out waiters with a clear error, serves them in order,
 -- pre-pings cheaply, costs nothing when idle, and closes cleanly.
-local URL = os.getenv("TEST_DATABASE_URL")
-if not URL then
+local dbs = require "spec.support.db"
+if not dbs.available() then
   describe("vg.db pool", function() pending("TEST_DATABASE_URL is not set") end)
   return
 end
+local URL = dbs.url
 
 local vg = require "vg"
 local db = require "vg.db"
 
-local seq = 0
-local function new_pool(opts)
-  seq = seq + 1
-  opts = opts or {}
-  opts.url = opts.url or URL
-  opts.application_name = opts.application_name
-    or ("vgspec-pool-" .. seq .. "-" .. math.random(1e6))
-  return db.pool(opts), opts.application_name
-end
+local new_pool = dbs.pool_maker("vgspec-pool")
 
 local function server_count(admin, app)
   return admin:query("select count(*)::int as n from pg_stat_activity "
     .. "where application_name = $1", app)[1].n
 end
 
--- Wait (without blocking) until cond() is true; false after timeout.
-local function wait_until(cond, timeout)
-  local deadline = vg.now() + (timeout or 5)
-  while not cond() do
-    if vg.now() > deadline then return false end
-    vg.sleep(0.01)
-  end
-  return true
-end
+local wait_until = dbs.wait_until
 
 -- Backends exit a moment after their client closed the connection.
 local function server_count_drops_to(admin, app, n)

@@ -1,33 +1,19 @@
 -- vg.db prepares parameterised statements on the server once per
 -- connection and reuses them; a new session starts with none. Against
 -- TEST_DATABASE_URL.
-local URL = os.getenv("TEST_DATABASE_URL")
-if not URL then
+local dbs = require "spec.support.db"
+if not dbs.available() then
   describe("vg.db prepared statements", function() pending("TEST_DATABASE_URL is not set") end)
   return
 end
+local URL = dbs.url
 
 local vg = require "vg"
 local db = require "vg.db"
 
-local seq = 0
-local function new_pool(opts)
-  seq = seq + 1
-  opts = opts or {}
-  opts.url = opts.url or URL
-  opts.application_name = opts.application_name
-    or ("vgspec-prep-" .. seq .. "-" .. math.random(1e6))
-  return db.pool(opts), opts.application_name
-end
+local new_pool = dbs.pool_maker("vgspec-prep")
 
-local function wait_until(cond, timeout)
-  local deadline = vg.now() + (timeout or 5)
-  while not cond() do
-    if vg.now() > deadline then return false end
-    vg.sleep(0.01)
-  end
-  return true
-end
+local wait_until = dbs.wait_until
 
 -- The statements this connection has prepared, by SQL text.
 local function prepared(tx)
@@ -115,7 +101,7 @@ describe("db.query with parameters", function()
   end)
 
   it("keeps working when a statement's result type changes under it", function()
-    local t = ("spec_prep_%d_%d"):format(seq, math.random(1e6))
+    local t = dbs.table_name("prep")
     pool:query("create table " .. t .. " (id int)")
     pool:query("insert into " .. t .. " values (1)")
     local sql = "select * from " .. t .. " where id = $1"

@@ -1,39 +1,20 @@
 -- vg.db against a real PostgreSQL (TEST_DATABASE_URL): queries, parameters,
 -- typed results, error objects and transactions.
-local URL = os.getenv("TEST_DATABASE_URL")
-if not URL then
+local dbs = require "spec.support.db"
+if not dbs.available() then
   describe("vg.db", function() pending("TEST_DATABASE_URL is not set") end)
   return
 end
+local URL = dbs.url
 
 local vg = require "vg"
 local db = require "vg.db"
 
-local seq = 0
--- A pool of its own, named so its connections can be found on the server.
-local function new_pool(opts)
-  seq = seq + 1
-  opts = opts or {}
-  opts.url = opts.url or URL
-  opts.application_name = opts.application_name
-    or ("vgspec-db-" .. seq .. "-" .. math.random(1e6))
-  return db.pool(opts), opts.application_name
-end
+local new_pool = dbs.pool_maker("vgspec-db")
 
-local function table_name(stem)
-  seq = seq + 1
-  return ("spec_%s_%d_%d"):format(stem, seq, math.random(1e6))
-end
+local table_name = dbs.table_name
 
--- Wait (without blocking) until cond() is true; false after timeout.
-local function wait_until(cond, timeout)
-  local deadline = vg.now() + (timeout or 5)
-  while not cond() do
-    if vg.now() > deadline then return false end
-    vg.sleep(0.01)
-  end
-  return true
-end
+local wait_until = dbs.wait_until
 
 describe("db.query", function()
   local pool
