@@ -21,8 +21,11 @@
  *   pool:stats()                 -> table
  *   pool:close([timeout])        -> true, or false when connections still
  *                                   checked out were closed by force
- *   pool:wait_ready([timeout])   -> true, or false when shutdown came first;
- *                                   raises database_unreachable
+ *   pool:probe([timeout])        -> true, or false, message, kind, detail:
+ *                                   one connection attempt (lua/vg/db.lua
+ *                                   builds pool:wait_ready on it)
+ *   core.config_num(name)        a VG_* setting; core.backoff_first and
+ *                                core.backoff_max, the retry back-off
  *   pool:listen, pool:unlisten, pool:wait_notification: src/l_db_listen.c
  *
  * Every wait is a scheduler wait with one cleanup (vg/sched.h): a task
@@ -593,19 +596,17 @@ static int l_pool_close(lua_State *L)
     return vg_task_yield(L, (lua_KContext)(intptr_t)op, close_k);
 }
 
-/* ---- waiting for the database at start-up ------------------------------------------ */
+/* ---- one connection attempt (pool:wait_ready in lua/vg/db.lua retries) -- */
 
 typedef struct {
     vg_task_t *task;
     vg_pgpool_probe_t *probe;
-    bool done;
     char *error;
 } probe_op_t;
 
 static void probe_done(void *arg, const char *error)
 {
     probe_op_t *op = arg;
-    op->done = true;
     op->probe = NULL;
     if (error) op->error = vg_xstrdup(error);
     vg_task_wake(op->task);
@@ -619,53 +620,18 @@ static void probe_cleanup(void *arg)
     free(op);
 }
 
-/* Stack of wait_ready: 1 pool, 2 timeout, 3 deadline, 4 attempt, 5 backoff,
- * 6 last error (human), 7 last kind. */
-static int wait_attempt(lua_State *L);
-
-static void push_unreachable(lua_State *L, l_pool_t *lp)
+static int probe_k(lua_State *L, int status, lua_KContext ctx)
 {
-    const char *why = lua_tostring(L, 6);
-    vg_err_push(L, "database_unreachable", false, "could not connect to the database at %s "
-                "within %f s: %s", vg_pgpool_describe(lp->pool), (lua_Number)lua_tonumber(L, 2),
-                why ? why : "timed out");
-    lua_pushstring(L, vg_pgpool_describe(lp->pool));
-    lua_setfield(L, -2, "host");
-    lua_pushvalue(L, 7);
-    lua_setfield(L, -2, "reason");
-}
-
-static int wait_backoff_k(lua_State *L, int status, lua_KContext ctx)
-{
-    if (vg_task_woken(L) == VG_WAKE_INTERRUPTED) {
+    if (vg_task_woken(L) == VG_WAKE_TIMEOUT) { /* cleanup freed op */
         lua_pushboolean(L, 0);
-        return 1;
-    }
-    return wait_attempt(L);
-}
-
-static int wait_probe_k(lua_State *L, int status, lua_KContext ctx)
-{
-    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
-    vg_wake_t why = vg_task_woken(L);
-    double now = (double)uv_hrtime() / 1e9;
-    if (why == VG_WAKE_TIMEOUT) { /* the deadline passed during an attempt */
-        if (lua_isnil(L, 6)) {
-            lua_pushliteral(L, "no answer from the server within the connect timeout");
-            lua_replace(L, 6);
-            lua_pushliteral(L, "timeout");
-            lua_replace(L, 7);
-        }
-        push_unreachable(L, lp);
-        return lua_error(L);
+        lua_pushliteral(L, "no answer from the server within the connect timeout");
+        lua_pushliteral(L, "timeout");
+        return 3;
     }
     probe_op_t *op = (probe_op_t *)(intptr_t)ctx;
     char *error = op->error;
     free(op);
-    lua_Integer attempt = lua_tointeger(L, 4);
     if (!error) {
-        vg_log(VG_LOG_INFO, "database_connected", VG_F_STR("host", vg_pgpool_describe(lp->pool)),
-               VG_F_INT("attempts", attempt), VG_F_END);
         lua_pushboolean(L, 1);
         return 1;
     }
@@ -674,73 +640,36 @@ static int wait_probe_k(lua_State *L, int status, lua_KContext ctx)
     vg_pgconn_explain(error, human, sizeof human, &kind);
     char *detail = vg_dburl_redact(error);
     free(error);
+    lua_pushboolean(L, 0);
     lua_pushstring(L, human);
-    lua_replace(L, 6);
     lua_pushstring(L, kind);
-    lua_replace(L, 7);
-    double backoff = lua_tonumber(L, 5);
-    double left = lua_tonumber(L, 3) - now;
-    vg_log(VG_LOG_WARNING, "database_connect_failed",
-           VG_F_STR("host", vg_pgpool_describe(lp->pool)),
-           VG_F_INT("attempt", attempt), VG_F_STR("reason", kind), VG_F_STR("error", human),
-           VG_F_STR("detail", detail), VG_F_NUM("retry_in", left > backoff ? backoff : 0),
-           VG_F_END);
+    lua_pushstring(L, detail);
     free(detail);
-    if (left <= backoff) {
-        push_unreachable(L, lp);
-        return lua_error(L);
-    }
-    lua_pushnumber(L, backoff * 2 > 5.0 ? 5.0 : backoff * 2);
-    lua_replace(L, 5);
-    vg_task_t *t = vg_task_current(L);
-    vg_task_wait(t, VG_WAIT_INTERRUPTIBLE, backoff, NULL, NULL);
-    vg_task_wait_label(t, "db connect back-off");
-    return vg_task_yield(L, 0, wait_backoff_k);
+    return 4;
 }
 
-static int wait_attempt(lua_State *L)
+/* pool:probe([timeout]) -> true when a new connection opened (it joins the
+ * pool as idle); else false, a message for people, its kind (see
+ * vg_pgconn_explain; "timeout" when timeout seconds passed first) and
+ * libpq's own message with any password redacted. One attempt. */
+static int l_pool_probe(lua_State *L)
 {
-    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
-    if (!lp->pool || vg_pgpool_closed(lp->pool))
-        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
-    if (vg_shutdown_requested()) {
-        lua_pushboolean(L, 0);
-        return 1;
-    }
-    double left = lua_tonumber(L, 3) - (double)uv_hrtime() / 1e9;
-    lua_pushinteger(L, lua_tointeger(L, 4) + 1);
-    lua_replace(L, 4);
+    vg_pgpool_t *pool = vg_l_db_check_pool(L, 1);
+    double timeout = luaL_optnumber(L, 2, -1);
     vg_task_t *t = vg_task_current(L);
     probe_op_t *op = vg_xcalloc(1, sizeof *op);
     op->task = t;
-    op->probe = vg_pgpool_probe(lp->pool, probe_done, op);
-    vg_task_wait(t, 0, left > 0 ? left : 0, probe_cleanup, op);
+    op->probe = vg_pgpool_probe(pool, probe_done, op);
+    vg_task_wait(t, 0, timeout, probe_cleanup, op);
     vg_task_wait_label(t, "db connect");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, wait_probe_k);
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, probe_k);
 }
 
-/* pool:wait_ready([timeout]) -> true when the server answers; false when
- * shutdown was requested first; raises database_unreachable after timeout
- * (default VG_DB_CONNECT_TIMEOUT), retrying with back-off. */
-static int l_pool_wait_ready(lua_State *L)
+/* core.config_num(name) -> the number a VG_* variable was configured to. */
+static int l_core_config_num(lua_State *L)
 {
-    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
-    vg_l_db_check_pool(L, 1);
-    double timeout = luaL_optnumber(L, 2, vg_config_num("VG_DB_CONNECT_TIMEOUT"));
-    vg_pgpool_stats_t s;
-    vg_pgpool_stats(lp->pool, &s);
-    lua_settop(L, 1);
-    if (s.idle > 0 || s.checked_out > 0) { /* it answered moments ago */
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    lua_pushnumber(L, timeout);
-    lua_pushnumber(L, (double)uv_hrtime() / 1e9 + timeout);
-    lua_pushinteger(L, 0);
-    lua_pushnumber(L, 0.2);
-    lua_pushnil(L);
-    lua_pushnil(L);
-    return wait_attempt(L);
+    lua_pushnumber(L, vg_config_num(luaL_checkstring(L, 1)));
+    return 1;
 }
 
 /* ---- small things ----------------------------------------------------------------- */
@@ -793,7 +722,7 @@ static const luaL_Reg pool_methods[] = {
     {"acquire", l_pool_acquire},
     {"stats", l_pool_stats},
     {"close", l_pool_close},
-    {"wait_ready", l_pool_wait_ready},
+    {"probe", l_pool_probe},
     {"describe", l_pool_describe},
     {NULL, NULL},
 };
@@ -812,6 +741,7 @@ static const luaL_Reg core_funcs[] = {
     {"configure", l_core_configure},
     {"bytea", l_core_bytea},
     {"error", l_core_error},
+    {"config_num", l_core_config_num},
     {NULL, NULL},
 };
 
@@ -846,5 +776,9 @@ int luaopen_vg_db_core(lua_State *L)
     lua_pop(L, 1);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, mod, "null");
+    lua_pushnumber(L, VG_PG_BACKOFF_FIRST);
+    lua_setfield(L, mod, "backoff_first");
+    lua_pushnumber(L, VG_PG_BACKOFF_MAX);
+    lua_setfield(L, mod, "backoff_max");
     return 1;
 }

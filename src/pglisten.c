@@ -163,7 +163,7 @@ static void listener_lost(vg_pglistener_t *l, const char *why)
     l->reconnecting = true;
     if (l->n_channels > 0 || l->cmd_head) {
         uv_timer_start(&l->retry, on_listen_retry, (uint64_t)(l->backoff * 1000), 0);
-        l->backoff = l->backoff * 2 > 5.0 ? 5.0 : l->backoff * 2;
+        l->backoff = l->backoff * 2 > VG_PG_BACKOFF_MAX ? VG_PG_BACKOFF_MAX : l->backoff * 2;
     }
     listener_update_ref(l);
 }
@@ -172,7 +172,7 @@ static void on_listen_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
 {
     vg_pglistener_t *l = arg;
     if (ev == VG_PGCONN_EV_CONNECTED) {
-        l->backoff = 0.2;
+        l->backoff = VG_PG_BACKOFF_FIRST;
         l->need_on_connect = l->oc_sql != NULL;
         l->resubscribe = l->n_channels > 0;
         listener_kick(l);
@@ -307,7 +307,7 @@ vg_pglistener_t *vg_pglistener_new(uv_loop_t *loop, const vg_pgconn_params_t *pa
     l->vals = vg_strv_copy(params->vals);
     l->connect_timeout = params->timeout_s;
     l->describe = vg_xstrdup(describe ? describe : "");
-    l->backoff = 0.2;
+    l->backoff = VG_PG_BACKOFF_FIRST;
     uv_timer_init(loop, &l->retry);
     l->retry.data = l;
     uv_unref((uv_handle_t *)&l->retry);

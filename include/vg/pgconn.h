@@ -73,6 +73,12 @@ typedef struct {
     uint64_t since_ms;
 } vg_pgconn_owner_t;
 
+/* Back-off between connection attempts, in seconds: the first wait, doubled
+ * after each failure up to the last. Shared by the LISTEN connection's
+ * reconnects and pool:wait_ready (lua/vg/db.lua). */
+#define VG_PG_BACKOFF_FIRST 0.2
+#define VG_PG_BACKOFF_MAX 5.0
+
 /* Start connecting; always returns a connection (failures are reported by
  * the CONNECT_FAILED event, never synchronously). */
 vg_pgconn_t *vg_pgconn_connect(uv_loop_t *loop, const vg_pgconn_params_t *p,
