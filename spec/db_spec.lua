@@ -21,6 +21,21 @@ describe("db.query", function()
   before_each(function() pool = new_pool() end)
   after_each(function() pool:close(0) end)
 
+  it("raises where it cannot wait, and takes no connection", function()
+    local small = new_pool { pool_size = 1, max_overflow = 0, pool_timeout = 2 }
+    for _ = 1, 2 do
+      local ok, err = pcall(table.sort, { 2, 1 }, function(a, b)
+        small:query("select 1")
+        return a < b
+      end)
+      assert.is_false(ok)
+      assert.matches("cannot wait here", tostring(err))
+    end
+    assert.equal(0, small:stats().checked_out)
+    assert.equal(1, small:query("select 1 as n")[1].n)
+    small:close(0)
+  end)
+
   it("returns rows keyed by column name and the affected-row count", function()
     local t = table_name("rows")
     pool:query("create table " .. t .. " (id int primary key, name text)")

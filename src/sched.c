@@ -12,6 +12,7 @@
 #include "vg/buf.h"
 #include "vg/err.h"
 #include "vg/log.h"
+#include "vg/lstack.h"
 
 /* Uservalues of a task's full userdata. */
 enum { UV_THREAD = 1, UV_RESULT = 2, UV_CONTEXT = 3, UV_COUNT = 3 };
@@ -119,6 +120,13 @@ vg_task_t *vg_task_current(lua_State *L)
     if (!t || t->co != L || t->state != T_RUNNING)
         luaL_error(L, "this call waits, so it must run in a vg task (not in the main "
                       "state, a nested coroutine, a metamethod or a require)");
+    /* Checked before anything is started: a wait that could not yield
+     * would leave its operation (a connection, a timer) behind. */
+    if (!lua_isyieldable(L))
+        luaL_error(L, "this call waits, and it cannot wait here: it runs inside a C call "
+                      "that cannot yield (a require'd module's top level, a table.sort "
+                      "comparator, a string.gsub callback, a metamethod such as "
+                      "__tostring)");
     return t;
 }
 
@@ -290,6 +298,10 @@ static void cancel_all(void);
 static void task_finish(vg_task_t *t, bool ok, int nres)
 {
     lua_State *L = S.L;
+    /* The main state is nearly empty here; what follows needs a handful of
+     * slots, never nres of them (results move one at a time). */
+    lua_checkstack(L, LUA_MINSTACK);
+    VG_STACK_MARK(L);
     int top = lua_gettop(L);
     push_task(L, t);
     int ud = lua_gettop(L);
@@ -297,8 +309,10 @@ static void task_finish(vg_task_t *t, bool ok, int nres)
     if (ok) {
         lua_createtable(L, nres, 1);
         int res = lua_gettop(L);
-        lua_xmove(t->co, L, nres);
-        for (int i = nres; i >= 1; i--) lua_rawseti(L, res, i);
+        for (int i = nres; i >= 1; i--) {
+            lua_xmove(t->co, L, 1);
+            lua_rawseti(L, res, i);
+        }
         lua_pushinteger(L, nres);
         lua_setfield(L, res, "n");
         lua_setiuservalue(L, ud, UV_RESULT);
@@ -335,6 +349,7 @@ static void task_finish(vg_task_t *t, bool ok, int nres)
     lua_setiuservalue(L, ud, UV_THREAD);
     t->co = NULL;
     lua_settop(L, top);
+    VG_STACK_CHECK(L, 0);
 
     live_unlink(t);
     waitlist_wake_all(&t->joiners);
@@ -400,12 +415,18 @@ static void on_idle(uv_idle_t *h)
 vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
 {
     luaL_checktype(L, -nargs - 1, LUA_TFUNCTION);
+    luaL_checkstack(L, 6, "spawning a task");
+    VG_STACK_MARK(L);
     vg_task_t *t = lua_newuserdatauv(L, sizeof *t, UV_COUNT);
     memset(t, 0, sizeof *t);
     luaL_setmetatable(L, VG_TASK_MT);
     int ud = lua_gettop(L);
     lua_State *co = lua_newthread(L);
     lua_setiuservalue(L, ud, UV_THREAD);
+    /* Room for the function and its arguments before anything is linked:
+     * on failure the unanchored userdata and thread are simply collected. */
+    if (!lua_checkstack(co, nargs + 1 + LUA_MINSTACK))
+        luaL_error(L, "too many arguments for a task (%d)", nargs);
     *(vg_task_t **)lua_getextraspace(co) = t;
     /* Move the function and arguments (below the userdata) to co. */
     lua_rotate(L, ud - nargs - 1, 1); /* userdata below fn+args */
@@ -442,6 +463,7 @@ vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
     if (is_main) S.main_task = t;
     if (S.grace_over && !is_main) t->cancel_pending = true;
     ready_push(t);
+    VG_STACK_CHECK(L, -nargs); /* fn and args replaced by the handle */
     return t;
 }
 
@@ -476,9 +498,11 @@ void vg_task_set_log_context(vg_task_t *t, char *fragment)
 
 void vg_task_push_context(lua_State *L, vg_task_t *t)
 {
+    VG_STACK_MARK(L);
     push_task(L, t);
     lua_getiuservalue(L, -1, UV_CONTEXT);
     lua_remove(L, -2);
+    VG_STACK_CHECK(L, 1);
 }
 
 /* ---- shutdown --------------------------------------------------------- */
@@ -602,6 +626,7 @@ void vg_task_wake_all(vg_task_t **list) { waitlist_wake_all(list); }
 
 void vg_sched_on_shutdown(lua_State *L, int idx)
 {
+    VG_STACK_MARK(L);
     idx = lua_absindex(L, idx);
     lua_rawgeti(L, LUA_REGISTRYINDEX, S.on_shutdown_ref);
     lua_pushvalue(L, idx);
@@ -612,6 +637,7 @@ void vg_sched_on_shutdown(lua_State *L, int idx)
         vg_task_spawn(L, 0, false);
         lua_pop(L, 1);
     }
+    VG_STACK_CHECK(L, 0);
 }
 
 /* ---- host start and end ----------------------------------------------- */

@@ -2,6 +2,7 @@
 #include "vg/util.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -66,3 +67,14 @@ bool vg_is_dir(const char *path)
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
+
+#ifdef VG_DEBUG_STACK
+#include "vg/lstack.h"
+
+void vg_lstack_fail(const char *file, int line, int expected, int got)
+{
+    fprintf(stderr, "vg-host: Lua stack unbalanced at %s:%d: top %d, expected %d\n", file,
+            line, got, expected);
+    abort();
+}
+#endif
