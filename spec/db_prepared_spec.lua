@@ -58,7 +58,7 @@ describe("db.query with parameters", function()
     local sql = "select $1 as v"
     assert.equal("abc", pool:query(sql, "abc")[1].v)
     local bin = "\0\1\2\255"
-    local v = pool:query("select $1 as v", bin)[1].v
+    local v = pool:query("select $1 as v", db.bytea(bin))[1].v
     assert.equal(bin, v)
     assert.equal("abc", pool:query(sql, "abc")[1].v)
     assert.equal(2, pool:stats().prepared_total)

@@ -148,7 +148,7 @@ describe("parameters and typed results", function()
   it("round-trips bytea, zero bytes included", function()
     local bin = "a\0b\255\1\0"
     local r = pool:query("select $1::bytea as b, length($1::bytea) as n, "
-      .. "'\\x00ff'::bytea as lit, $2::bytea as marked", bin, db.bytea("\\x41"))[1]
+      .. "'\\x00ff'::bytea as lit, $2::bytea as marked", db.bytea(bin), db.bytea("\\x41"))[1]
     assert.equal(bin, r.b)
     assert.equal(6, r.n)
     assert.equal("\0\255", r.lit)
@@ -171,6 +171,57 @@ describe("parameters and typed results", function()
 
   it("refuses a parameter it cannot send", function()
     assert.has_error(function() pool:query("select $1", function() end) end)
+  end)
+
+  it("refuses, before it takes a connection, what it cannot store exactly", function()
+    local small = new_pool { pool_size = 1, max_overflow = 0, pool_timeout = 2 }
+    local deep, ok_deep = {}, {}
+    local d = deep
+    for _ = 1, 70 do d[1] = {}; d = d[1] end
+    d = ok_deep
+    for _ = 1, 60 do d[1] = {}; d = d[1] end
+    local cycle = { a = 1 }
+    cycle.self = cycle
+    local cases = {
+      { "x\0y", "zero byte.*db%.bytea" },
+      { "caf\233", "not valid UTF%-8" },
+      { function() end, "cannot send a function" },
+      { io.stdout, "cannot send a userdata" },
+      { { step = "a", run = function() end }, "holds a function" },
+      { { out = io.stdout }, "holds a userdata" },
+      { cycle, "contains itself" },
+      { deep, "deeper than 64" },
+      { { 1, 0 / 0 }, "NaN" },
+      { { [1] = 1, [100] = 2 }, "sparse" },
+      { { [true] = 1 }, "key of type boolean" },
+      { { "x\0" }, "zero byte" },
+      { { db.bytea("b") }, "db%.bytea inside a table" },
+    }
+    for i, c in ipairs(cases) do
+      local ok, err = pcall(small.query, small, "select $1::text as v", c[1])
+      assert.is_false(ok, "case " .. i .. " was accepted")
+      assert.matches("parameter %$1", tostring(err))
+      assert.matches(c[2], tostring(err))
+    end
+    -- A table's __tostring is not its data, and it never runs here.
+    local loud = setmetatable({ a = 1 }, { __tostring = function() error("no") end })
+    for _ = 1, 2 do
+      assert.same({ a = 1 }, small:query("select $1::jsonb as v", loud)[1].v)
+    end
+    assert.equal(0, small:stats().checked_out)
+    -- 60 nested arrays around an empty table are within the limit.
+    assert.equal(60, small:query(
+      "select length($1::text) - length(replace($1::text, '[', '')) as n", ok_deep)[1].n)
+    small:close(0)
+  end)
+
+  it("sends an array's holes as JSON null", function()
+    local r = pool:query("select $1::jsonb as v", { 1, nil, 3, [5] = "e" })[1]
+    assert.same({ 1, db.null, 3, db.null, "e" }, r.v)
+    assert.equal("[1, null, 3, null, \"e\"]",
+      pool:query("select $1::jsonb::text as v", { 1, nil, 3, [5] = "e" })[1].v)
+    assert.equal('{"1": "a", "k": true}',
+      pool:query("select $1::jsonb::text as v", { [1] = "a", k = true })[1].v)
   end)
 end)
 

@@ -248,12 +248,34 @@ struct qop {
     PGresult *res;
     const char *err_code;
     char *err_msg;
+    vg_l_db_params_t params; /* built before the checkout, freed once sent */
+    bool have_params;
 };
+
+static void qop_drop_params(qop_t *op)
+{
+    if (op->have_params) vg_l_db_free_params(&op->params);
+    op->have_params = false;
+}
 
 static void qop_free(qop_t *op)
 {
+    qop_drop_params(op);
     free(op->err_msg);
     free(op);
+}
+
+/* A query op owning the parameters p (built already), or none (NULL). */
+static qop_t *qop_new(vg_task_t *t, vg_pgpool_t *pool, vg_l_db_params_t *p)
+{
+    qop_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    op->pool = pool;
+    if (p) {
+        op->params = *p;
+        op->have_params = true;
+    }
+    return op;
 }
 
 /* The wait ended early (cancelled, timed out): detach from the pool and
@@ -292,14 +314,13 @@ static void qop_done(vg_pgconn_t *c, PGresult *res, void *arg)
 
 static int query_sent_k(lua_State *L, int status, lua_KContext ctx);
 
-/* Ask the pool for a connection for task t. Returns op with op->conn set
- * when one was free at once, or op waiting for one (the caller then waits
- * with checkout_wait); raises pool_closed. */
-static qop_t *checkout(lua_State *L, vg_task_t *t, vg_pgpool_t *pool)
+/* Ask the pool for a connection for task t (op takes the parameters p,
+ * when given). Returns op with op->conn set when one was free at once, or
+ * op waiting for one (the caller then waits with checkout_wait); raises
+ * pool_closed. */
+static qop_t *checkout(lua_State *L, vg_task_t *t, vg_pgpool_t *pool, vg_l_db_params_t *p)
 {
-    qop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->pool = pool;
+    qop_t *op = qop_new(t, pool, p);
     op->req.cb = qop_acquired;
     op->req.arg = op;
     op->phase = Q_ACQUIRE;
@@ -322,18 +343,17 @@ static int checkout_wait(lua_State *L, qop_t *op, lua_KFunction k)
     return vg_task_yield(L, (lua_KContext)(intptr_t)op, k);
 }
 
-/* Send the query of the call whose SQL is at index 2 and parameters from
- * 3, on op->conn, and wait. */
+/* Send the query of the call whose SQL is at index 2, with op's
+ * parameters, on op->conn, and wait. */
 static int query_send(lua_State *L, qop_t *op)
 {
-    vg_l_db_params_t p;
+    const vg_l_db_params_t *p = &op->params;
     const char *sql = lua_tostring(L, 2);
-    vg_l_db_build_params(L, 3, &p);
     /* No parameters: the simple protocol, so a migration may hold several
      * statements. */
-    int rc = vg_pgconn_send(op->conn, sql, p.n ? p.n : -1,
-                            p.types, p.vals, p.lens, p.fmts, qop_done, op);
-    vg_l_db_free_params(&p);
+    int rc = vg_pgconn_send(op->conn, sql, p->n ? p->n : -1,
+                            p->types, p->vals, p->lens, p->fmts, qop_done, op);
+    qop_drop_params(op); /* libpq or the statement cache copied what it needs */
     if (rc != 0) {
         lua_pushstring(L, vg_pgconn_error(op->conn));
         bool lost = vg_pgconn_state(op->conn) != VG_PGCONN_IDLE;
@@ -397,8 +417,10 @@ static int l_pool_query(lua_State *L)
 {
     vg_pgpool_t *pool = vg_l_db_check_pool(L, 1);
     luaL_checkstring(L, 2);
-    vg_l_db_check_params(L, 3);
-    qop_t *op = checkout(L, vg_task_current(L), pool);
+    vg_task_t *t = vg_task_current(L);
+    vg_l_db_params_t p;
+    vg_l_db_build_params(L, 3, &p); /* before the checkout: a refusal leaves nothing */
+    qop_t *op = checkout(L, t, pool, &p);
     if (op->conn) return query_send(L, op);
     return checkout_wait(L, op, query_acquired_k);
 }
@@ -436,7 +458,7 @@ static int l_pool_acquire(lua_State *L)
 {
     vg_pgpool_t *pool = vg_l_db_check_pool(L, 1);
     lua_settop(L, 1);
-    qop_t *op = checkout(L, vg_task_current(L), pool);
+    qop_t *op = checkout(L, vg_task_current(L), pool, NULL);
     if (op->conn) {
         push_conn(L, pool, op->conn);
         qop_free(op);
@@ -450,7 +472,6 @@ static int l_conn_query(lua_State *L)
 {
     l_conn_t *lc = check_conn(L, 1);
     luaL_checkstring(L, 2);
-    vg_l_db_check_params(L, 3);
     if (!lc->c) {
         vg_err_push(L, "connection_lost", true,
                     "this connection was given back or lost (its transaction is over)");
@@ -458,9 +479,9 @@ static int l_conn_query(lua_State *L)
     }
     if (lc->busy) return luaL_error(L, "another query is running on this connection");
     vg_task_t *t = vg_task_current(L);
-    qop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->pool = lc->p;
+    vg_l_db_params_t p;
+    vg_l_db_build_params(L, 3, &p);
+    qop_t *op = qop_new(t, lc->p, &p);
     op->lc = lc;
     op->conn = lc->c;
     return query_send(L, op);

@@ -87,7 +87,6 @@ static int listen_common(lua_State *L, bool listen)
             lua_Integer n = (lua_Integer)lua_rawlen(L, oc);
             luaL_checkstack(L, (int)n, "too many on_connect parameters");
             for (lua_Integer i = 2; i <= n; i++) lua_rawgeti(L, oc, i);
-            vg_l_db_check_params(L, first);
             vg_l_db_params_t p;
             vg_l_db_build_params(L, first, &p);
             vg_pglistener_on_connect(l, lua_tostring(L, first - 1), p.n, p.vals);

@@ -5,6 +5,7 @@
 #include <lauxlib.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,28 +46,24 @@ static bool is_bytea(lua_State *L, int idx)
     return yes;
 }
 
-/* Type-check the arguments first..top before anything is sent. */
-void vg_l_db_check_params(lua_State *L, int first)
-{
-    int top = lua_gettop(L);
-    for (int i = first; i <= top; i++) {
-        int t = lua_type(L, i);
-        if (t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING ||
-            t == LUA_TTABLE || (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, i) == NULL))
-            continue;
-        luaL_argerror(L, i, lua_pushfstring(L, "parameter $%d: cannot send a %s to the "
-                                               "database", i - first + 1, luaL_typename(L, i)));
-    }
-}
-
 static char *owned(vg_l_db_params_t *p, int i, char *s)
 {
     p->owned[i] = s;
     return s;
 }
 
+/* Refuse the parameter at index first + i: free what was built, raise. */
+static void refuse_param(lua_State *L, vg_l_db_params_t *p, int first, int i, const char *what)
+{
+    char msg[400];
+    snprintf(msg, sizeof msg, "parameter $%d: %s", i + 1, what);
+    vg_l_db_free_params(p);
+    luaL_argerror(L, first + i, msg);
+}
+
 /* Build libpq's parameter arrays from the arguments first..top. Strings
- * stay where they are (on the Lua stack, alive until the call returns). */
+ * stay where they are (on the Lua stack, alive while the call's frame is:
+ * across its yields too). */
 void vg_l_db_build_params(lua_State *L, int first, vg_l_db_params_t *p)
 {
     int top = lua_gettop(L);
@@ -100,12 +97,14 @@ void vg_l_db_build_params(lua_State *L, int first, vg_l_db_params_t *p)
             size_t len;
             const char *s = lua_tolstring(L, idx, &len);
             p->vals[i] = s;
-            if (memchr(s, 0, len) || !vg_utf8_valid(s, len)) {
-                /* Not text (a zero byte, binary data): send it as bytea. */
-                p->fmts[i] = 1;
-                p->lens[i] = (int)len;
-                p->types[i] = OID_BYTEA;
-            }
+            /* Text only: PostgreSQL would store binary data sent for a text
+             * column as its hex escape, without an error. */
+            if (memchr(s, 0, len))
+                refuse_param(L, p, first, i, "text with a zero byte (send binary data "
+                                             "with db.bytea(s))");
+            if (!vg_utf8_valid(s, len))
+                refuse_param(L, p, first, i, "text that is not valid UTF-8 (send binary "
+                                             "data with db.bytea(s))");
             break;
         }
         case LUA_TTABLE:
@@ -119,13 +118,30 @@ void vg_l_db_build_params(lua_State *L, int first, vg_l_db_params_t *p)
                 p->types[i] = OID_BYTEA;
             } else {
                 vg_buf_t b = VG_BUF_INIT;
-                vg_l_json_encode(L, idx, &b);
+                char why[256], what[320];
+                if (!vg_l_json_encode_strict(L, idx, &b, why, sizeof why)) {
+                    vg_buf_free(&b);
+                    snprintf(what, sizeof what, "cannot be sent as JSON: it holds %s", why);
+                    refuse_param(L, p, first, i, what);
+                }
                 p->vals[i] = owned(p, i, vg_buf_steal(&b));
             }
             break;
-        default: /* nil, db.null */
+        case LUA_TNIL:
             p->vals[i] = NULL;
             break;
+        case LUA_TLIGHTUSERDATA:
+            if (lua_touserdata(L, idx) == NULL) { /* db.null */
+                p->vals[i] = NULL;
+                break;
+            }
+            /* fall through */
+        default: {
+            char what[128];
+            snprintf(what, sizeof what, "cannot send a %s to the database",
+                     luaL_typename(L, idx));
+            refuse_param(L, p, first, i, what);
+        }
         }
     }
 }

@@ -1,10 +1,11 @@
 -- require "vg.db": PostgreSQL for scripts, over the pool in C (vg.db.core).
 --
 --   db.query(sql, ...)          -> rows, affected
---       $1..$n parameters only: nil and db.null -> NULL, booleans, integers,
---       floats, strings (a string that is not valid UTF-8 text, e.g. one
---       with a zero byte, is sent as bytea), db.bytea(s) -> bytea, tables ->
---       JSON text. rows is an array of tables keyed by column name; affected
+--       $1..$n parameters only, encoded strictly (README, db.query): nil and
+--       db.null -> NULL, booleans, integers, floats, strings -> text (valid
+--       UTF-8, no zero byte), db.bytea(s) -> bytea, tables -> JSON text
+--       (array holes -> null); anything it cannot store exactly raises
+--       before a connection is taken. rows is an array of tables keyed by column name; affected
 --       is the row count of the command (INSERT/UPDATE/DELETE/SELECT...).
 --       With no parameters, sql may hold several statements (migrations);
 --       rows and affected are then those of the last one.
