@@ -100,6 +100,24 @@ describe("db.query with parameters", function()
     assert.equal(2, pool:stats().prepared_total)
   end)
 
+  it("keeps its statements when a query only mentions discard or deallocate", function()
+    for i = 1, 3 do
+      assert.equal(i + 1, pool:query(SQL, i)[1].v)
+      pool:query("select 'discard all; deallocate all' as w /* DISCARD, DEALLOCATE */")
+    end
+    assert.equal(1, pool:stats().prepared_total)
+    pool:transaction(function(tx)
+      assert.equal(1, #tx:query("select 1 from pg_prepared_statements"))
+    end)
+  end)
+
+  it("prepares again after DEALLOCATE ALL, also inside a multi-statement query", function()
+    assert.equal(2, pool:query(SQL, 1)[1].v)
+    pool:query("select 1; deallocate all; select 2")
+    assert.equal(3, pool:query(SQL, 2)[1].v)
+    assert.equal(2, pool:stats().prepared_total)
+  end)
+
   it("keeps working when a statement's result type changes under it", function()
     local t = dbs.table_name("prep")
     pool:query("create table " .. t .. " (id int)")

@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "vg/buf.h"
 #include "vg/util.h"
@@ -93,14 +92,15 @@ static void maybe_free(vg_pgconn_t *c)
     free(c);
 }
 
-/* Does a simple query drop prepared statements (DISCARD ALL, DEALLOCATE)? */
-static bool drops_statements(const char *sql)
+/* Did this statement drop prepared statements? Told by what the server
+ * says it ran (the command tag: "DISCARD ALL", "DEALLOCATE",
+ * "DEALLOCATE ALL"), not by words in the query text, which may sit in a
+ * string literal or a comment. A DEALLOCATE of one name drops the whole
+ * cache: the tag does not say which statement went. */
+static bool drops_statements(const PGresult *r)
 {
-    static const char *const words[] = {"discard", "deallocate"};
-    for (const char *p = sql; *p; p++)
-        for (size_t w = 0; w < sizeof words / sizeof *words; w++)
-            if (strncasecmp(p, words[w], strlen(words[w])) == 0) return true;
-    return false;
+    const char *tag = PQcmdStatus((PGresult *)r);
+    return tag && (strcmp(tag, "DISCARD ALL") == 0 || strncmp(tag, "DEALLOCATE", 10) == 0);
 }
 
 /* ---- the poll handle ----------------------------------------------------- */
@@ -546,6 +546,8 @@ static void finish_query(vg_pgconn_t *c)
         if (st && (strcmp(st, "26000") == 0 || strcmp(st, "0A000") == 0))
             vg_pgstmts_clear(&c->stmts);
     }
+    if (c->drops_stmts) vg_pgstmts_clear(&c->stmts);
+    c->drops_stmts = false;
     c->exec_slot = -1;
     c->result = NULL;
     c->result_is_error = false;
@@ -643,6 +645,7 @@ static void busy_io(vg_pgconn_t *c, int events)
             copy_unsupported(c, r);
             return;
         }
+        if (drops_statements(r)) c->drops_stmts = true;
         keep_result(c, r);
     }
     set_state(c, VG_PGCONN_BUSY); /* writability only while data is still to go */
@@ -663,7 +666,6 @@ int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *type
     int slot = -1;
     vg_pgexec_t *pending = NULL;
     if (nparams < 0) {
-        if (sql && drops_statements(sql)) vg_pgstmts_clear(&c->stmts);
         ok = PQsendQuery(c->pg, sql);
     } else if (!sql) { /* libpq reports it */
         ok = PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
