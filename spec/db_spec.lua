@@ -215,6 +215,22 @@ describe("parameters and typed results", function()
     small:close(0)
   end)
 
+  it("refuses COPY as unsupported, not as a retriable lost connection", function()
+    local small = new_pool { pool_size = 1, max_overflow = 0 }
+    local t = table_name("copy")
+    small:query("create table " .. t .. " (id int)")
+    for _, sql in ipairs { "copy (select 1) to stdout", "copy " .. t .. " from stdin" } do
+      local ok, err = pcall(small.query, small, sql)
+      assert.is_false(ok)
+      assert.equal("unsupported", err.code)
+      assert.is_false(err.retriable)
+      assert.matches("COPY is not supported", err.message)
+    end
+    assert.equal(0, small:query("select count(*)::int as n from " .. t)[1].n)
+    small:query("drop table " .. t)
+    small:close(0)
+  end)
+
   it("sends an array's holes as JSON null", function()
     local r = pool:query("select $1::jsonb as v", { 1, nil, 3, [5] = "e" })[1]
     assert.same({ 1, db.null, 3, db.null, "e" }, r.v)

@@ -376,6 +376,7 @@ static int query_sent_k(lua_State *L, int status, lua_KContext ctx)
     PGresult *res = op->res;
     vg_pgconn_t *conn = op->conn;
     bool lost = vg_pgconn_state(conn) != VG_PGCONN_IDLE;
+    bool copy = vg_pgconn_refused_copy(conn);
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY ||
               st == PGRES_SINGLE_TUPLE;
@@ -383,6 +384,11 @@ static int query_sent_k(lua_State *L, int status, lua_KContext ctx)
     if (op->lc) op->lc->busy = NULL;
     else vg_pgpool_release(op->pool, conn);
     qop_free(op);
+    if (copy) { /* not a lost connection: retrying would do the same */
+        PQclear(res);
+        return vg_err_raise(L, "unsupported", false,
+                            "COPY is not supported by db.query: use INSERT or SELECT");
+    }
     if (!ok) {
         vg_l_db_push_query_error(L, res, lost || !res, lua_tostring(L, -1));
         PQclear(res);

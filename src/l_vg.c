@@ -5,7 +5,8 @@
  *   vg.now()            monotonic seconds (float)
  *   vg.time()           wall clock, seconds since the epoch (float)
  *   vg.spawn(fn, ...)   -> task with :join([timeout]), :cancel(), :done(),
- *                          :status(), :id()
+ *                          :status(), :id(); join of a cancelled task
+ *                          raises task_cancelled
  *   vg.current_task()   -> the running task
  *   vg.event()          -> ev with :set(), :clear(), :is_set(),
  *                          :wait([timeout]) (true when set, false on
@@ -16,6 +17,7 @@
  */
 #include <lauxlib.h>
 #include <stdbool.h>
+#include <string.h>
 #include <time.h>
 
 #include "vg/config.h"
@@ -46,11 +48,17 @@ static vg_task_t *check_task(lua_State *L, int idx)
  * re-raised. */
 static int push_results(lua_State *L, int idx)
 {
-    check_task(L, idx);
+    vg_task_t *t = check_task(L, idx);
     vg_task_push_outcome(L, idx);
     int res = lua_gettop(L);
     lua_getfield(L, res, "error");
     if (!lua_isnil(L, -1)) {
+        /* Ended by its cancellation: an error of its own, so the joiner
+         * does not look cancelled itself (vg.is_cancelled stays true only
+         * for the caller's own cancellation). */
+        if (strcmp(vg_task_status(t), "cancelled") == 0)
+            return vg_err_raise(L, "task_cancelled", false, "task %I was cancelled",
+                                (lua_Integer)vg_task_id(t));
         /* Unwrap the error value; keep tables (error objects) as they are. */
         return lua_error(L);
     }

@@ -41,6 +41,7 @@ struct vg_pgconn {
     bool flushing;               /* query data still to be sent */
     bool freeing;                /* vg_pgconn_free() was called */
     bool drops_stmts;            /* a result of the query dropped prepared statements */
+    bool refused_copy;           /* the last query was a COPY, given up on */
     int handles_open;            /* timer + poll + gai still to be closed */
     char **keys, **vals;         /* connection parameters (copies) */
     char *error;                 /* why the connection failed or broke */
@@ -568,8 +569,8 @@ static void finish_query(vg_pgconn_t *c)
 }
 
 /* COPY is not something a script can drive through this API: give up on
- * the connection rather than leave it in a state no one can end. Reported
- * like a lost connection. */
+ * the connection rather than leave it in a state no one can end. The
+ * caller tells it from a lost connection by vg_pgconn_refused_copy(). */
 static void copy_unsupported(vg_pgconn_t *c, PGresult *r)
 {
     PQclear(r);
@@ -579,6 +580,7 @@ static void copy_unsupported(vg_pgconn_t *c, PGresult *r)
     PGresult *err = PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
     set_error(c, "COPY is not supported by db.query");
     c->fatal_seen = true;
+    c->refused_copy = true;
     set_state(c, VG_PGCONN_BROKEN);
     finish_pg(c);
     vg_pgconn_done_fn done = c->on_done;
@@ -703,6 +705,7 @@ int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *type
     c->done_arg = arg;
     c->result = NULL;
     c->result_is_error = false;
+    c->refused_copy = false;
     c->pending = pending;
     c->exec_slot = slot;
     int r = PQflush(c->pg);
@@ -856,3 +859,5 @@ uint64_t vg_pgconn_last_used_ms(const vg_pgconn_t *c) { return c->last_used_ms; 
 void vg_pgconn_set_prepare(vg_pgconn_t *c, bool prepare) { c->no_prepare = !prepare; }
 
 uint64_t vg_pgconn_prepared_total(const vg_pgconn_t *c) { return c->prepared_total; }
+
+bool vg_pgconn_refused_copy(const vg_pgconn_t *c) { return c->refused_copy; }

@@ -128,6 +128,9 @@ uint64_t vg_pgconn_last_used_ms(const vg_pgconn_t *c);
 /* Prepare parameterised statements (the default), or send them unnamed, as
  * through a transaction-mode PgBouncer. Set before the first query. */
 void vg_pgconn_set_prepare(vg_pgconn_t *c, bool prepare);
+/* Was the last query a COPY, which this API cannot drive? The connection
+ * was then closed (BROKEN), but nothing was lost: report it as such. */
+bool vg_pgconn_refused_copy(const vg_pgconn_t *c);
 /* Message of the last failure (never NULL), e.g. libpq's error text. */
 const char *vg_pgconn_error(const vg_pgconn_t *c);
 /* Server process id of a connected connection, else 0. */
