@@ -137,6 +137,33 @@ describe("logging", function()
     assert.is_nil(host.find(lines, "after_task").correlation_id)
   end)
 
+  it("writes each key once: context, then bound, then call fields, the host's own keys apart", function()
+    local r = host.run { host.script([[
+      local vg = require "vg"
+      local log = require "vg.log"
+      vg.spawn(function()
+        log.context({ correlation_id = "ctx", a = "ctx", b = "ctx", c = "ctx" })
+        local lg = log.bind({ b = "bound", c = "bound", d = "bound" })
+        lg:info("merged", { c = "call", level = "mine", worker_id = "mine", event = "mine" })
+      end):join()
+    ]]) }
+    assert.equal(0, r.code, r.stderr)
+    local raw = r.stdout:match('[^\n]*"event":"merged"[^\n]*')
+    assert.is_not_nil(raw, r.stdout)
+    for _, key in ipairs { "correlation_id", "a", "b", "c", "d", "level", "event", "worker_id",
+                           "field_level", "field_worker_id", "field_event" } do
+      local _, n = raw:gsub('"' .. key .. '":', "")
+      assert.equal(1, n, key .. " appears " .. n .. " times in " .. raw)
+    end
+    local l = host.lines(raw)[1]
+    assert.same({ "ctx", "ctx", "bound", "call", "bound" },
+      { l.correlation_id, l.a, l.b, l.c, l.d })
+    assert.equal("info", l.level)
+    assert.equal("merged", l.event)
+    assert.equal("mine", l.field_level)
+    assert.not_equal("mine", l.worker_id)
+  end)
+
   it("filters by LOG_LEVEL", function()
     local r = host.run({ host.script([[
       local log = require "vg.log"

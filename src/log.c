@@ -162,9 +162,10 @@ static void add_console_fields(vg_buf_t *b, const char *f, size_t n)
     }
 }
 
-void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields, size_t len)
+/* One line: the host's members, then ctx (a fragment or NULL), then fields. */
+static void write_line(vg_log_level_t level, const char *event, const char *ctx,
+                       const char *fields, size_t len)
 {
-    if (!vg_log_enabled(level)) return;
     vg_buf_t *b = &line;
     if (!buffered) vg_buf_reset(b);
     if (format == VG_LOG_CONSOLE) {
@@ -172,7 +173,7 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
         vg_buf_printf(b, " %-8s %s", vg_log_level_name(level), event);
         vg_buf_adds(b, " worker_id=");
         vg_buf_adds(b, vg_log_worker_id());
-        if (context) add_console_fields(b, context, strlen(context));
+        if (ctx) add_console_fields(b, ctx, strlen(ctx));
         if (fields && len) add_console_fields(b, fields, len);
     } else {
         vg_buf_adds(b, "{\"timestamp\":\"");
@@ -182,7 +183,7 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
         vg_buf_adds(b, ",\"worker_id\":");
         const char *id = vg_log_worker_id();
         vg_json_str(b, id, strlen(id));
-        if (context) vg_buf_adds(b, context);
+        if (ctx) vg_buf_adds(b, ctx);
         if (fields && len) vg_buf_add(b, fields, len);
         vg_buf_addc(b, '}');
     }
@@ -190,6 +191,18 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
     /* Errors go out at once, with what came before them: they may be the
      * last lines before a crash. */
     if (!buffered || b->len >= PENDING_MAX || level >= VG_LOG_ERROR) vg_log_flush();
+}
+
+void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields, size_t len)
+{
+    if (!vg_log_enabled(level)) return;
+    write_line(level, event, context, fields, len);
+}
+
+void vg_log_merged(vg_log_level_t level, const char *event, const char *fields, size_t len)
+{
+    if (!vg_log_enabled(level)) return;
+    write_line(level, event, NULL, fields, len);
 }
 
 void vg_log(vg_log_level_t level, const char *event, ...)

@@ -52,5 +52,9 @@ void vg_log(vg_log_level_t level, const char *event, ...);
 /* Lower level: write a line whose extra members are already encoded as a
  * fragment of ,"key":value pairs (may be NULL). */
 void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields, size_t len);
+/* The same for fields that already hold the running task's context merged
+ * in (the Lua logger merges context, bound and call fields into one set of
+ * keys): the context fragment is not added again. */
+void vg_log_merged(vg_log_level_t level, const char *event, const char *fields, size_t len);
 
 #endif
