@@ -1,6 +1,7 @@
 -- The command line, exit codes and the log format, seen from outside: each
 -- test runs the real binary as a child process.
 local host = require "spec.support.host"
+local proc = require "vg.proc"
 
 describe("vg-host command line", function()
   after_each(host.cleanup)
@@ -208,6 +209,38 @@ describe("logging", function()
     local lines = host.lines(r.stdout)
     assert.equal(1000, #lines)
     for _, l in ipairs(lines) do assert.equal(10000, #l.big) end
+  end)
+end)
+
+describe("a closed stdout", function()
+  after_each(host.cleanup)
+
+  it("sends the log to stderr, and the host exits as usual", function()
+    local script = host.script([[
+      require("vg.log").info("to_stderr")
+      io.stderr:write("script done\n")
+    ]])
+    local r = proc.run({ "/bin/sh", "-c", 'exec "$0" "$1" >&-', host.bin, script },
+      { env = host.env(), timeout = 60 })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches('"event":"to_stderr"', r.stderr)
+  end)
+
+  it("still lets a worker shut down with exit 0 on SIGTERM", function()
+    local script = host.script([[
+      local vg = require "vg"
+      local log = require "vg.log"
+      log.info("waiting")
+      vg.sleep(120)
+      log.info("woken")
+    ]])
+    local p = proc.spawn({ "/bin/sh", "-c", 'exec "$0" "$1" >&-', host.bin, script },
+      { env = host.env() })
+    assert.is_truthy(p:wait_output('"event":"waiting"', 30, { plain = true, stream = "stderr" }))
+    p:kill("TERM")
+    local r = p:wait(30)
+    assert.equal(0, r.code, p:stderr())
+    assert.matches('"event":"worker_shutdown"', p:stderr())
   end)
 end)
 

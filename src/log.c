@@ -8,6 +8,7 @@
 #include "vg/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,6 +61,34 @@ int vg_log_parse_level(const char *s, vg_log_level_t *out)
 }
 
 void vg_log_set_context(const char *fragment) { context = fragment; }
+
+static bool fd_open(int fd) { return fcntl(fd, F_GETFD) != -1 || errno != EBADF; }
+
+/* Put a file on fd: a copy of from when from >= 0, else /dev/null. */
+static void fill_fd(int fd, int from)
+{
+    if (from >= 0) {
+        (void)dup2(from, fd);
+        return;
+    }
+    int n = open("/dev/null", O_RDWR);
+    if (n >= 0 && n != fd) {
+        (void)dup2(n, fd);
+        close(n);
+    }
+}
+
+bool vg_log_guard_fds(void)
+{
+    bool moved = false;
+    if (!fd_open(0)) fill_fd(0, -1);
+    if (!fd_open(1)) {
+        moved = fd_open(2);
+        fill_fd(1, moved ? 2 : -1);
+    }
+    if (!fd_open(2)) fill_fd(2, -1);
+    return moved;
+}
 
 static void write_all(const char *p, size_t n);
 

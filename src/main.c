@@ -273,6 +273,7 @@ static int parse_cli(int argc, char **argv, cli_t *cli)
 
 int main(int argc, char **argv)
 {
+    vg_log_guard_fds(); /* before anything opens a descriptor */
     cli_t cli;
     if (parse_cli(argc, argv, &cli) != 0) return EXIT_USAGE;
     if (setup_logging() != 0) return EXIT_FATAL;
