@@ -261,6 +261,21 @@ describe("listen on_connect", function()
   end)
 end)
 
+describe("a first LISTEN connection that fails", function()
+  it("wakes the tasks waiting for a notification, with none", function()
+    local pool = db.pool { url = "postgresql://vg@127.0.0.1:1/none", connect_timeout = 5 }
+    local waiting = vg.spawn(function() return pool:wait_notification(60) end)
+    vg.sleep(0)
+    local ok, err = pcall(pool.listen, pool, "vgspec_never")
+    assert.is_false(ok)
+    assert.equal("listen_failed", err.code)
+    -- Woken with no notification (join returns nothing), not by its timeout.
+    local r = table.pack(waiting:join(30))
+    assert.equal(0, r.n, tostring(r[2]))
+    pool:close(0)
+  end)
+end)
+
 describe("process level", function()
   it("exits 1 with database_unreachable when nothing listens, retrying with back-off", function()
     local res, lines = run_script([[

@@ -186,6 +186,9 @@ static void on_listen_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
         char human[512];
         vg_pgconn_explain(why, human, sizeof human, NULL);
         while (l->cmd_head) cmd_finish(l, human);
+        /* Nothing will arrive on a connection that is not retried: tasks
+         * waiting for a notification go and look for work themselves. */
+        wake_all_waiters(l);
         listener_update_ref(l);
     } else if (ev == VG_PGCONN_EV_CONNECT_FAILED) {
         char human[512];
