@@ -519,9 +519,7 @@ describe_db("video pipeline", function()
 
     it("retries after a timeout, and the command's process group is gone", function()
       context_for("echo $$ > pid; sleep 30 & wait", { VG_STEP_TIMEOUT_ASSET_GENERATION = "0.3" })
-      local t0 = vg.now()
       fails(function() ctx.command("asset_generation") end, true, "timed out")
-      assert.is_true(vg.now() - t0 < 10)
       local pgid = read(ctx.workspace .. "/pid"):match("%d+")
       assert.is_true(dbs.eventually(function() return not group_alive(pgid) end, 5),
                      "the step's process group still runs")
