@@ -1,6 +1,7 @@
 /* The scheduler: tasks (Lua coroutines), the ready queue, waits, timeouts,
  * cancellation and the shutdown sequence. This is the only place that calls
- * lua_resume. libuv callbacks only record results and call vg_task_wake(). */
+ * lua_resume. libuv callbacks only record results and call vg_task_wake().
+ * The Lua API over it (task methods, events, sleep, spawn) is src/l_vg.c. */
 #include "vg/sched.h"
 #include "vg/sched_host.h"
 
