@@ -13,6 +13,7 @@
 #include "vg/util.h"
 #include "vg/err.h"
 #include "vg/l_json.h"
+#include "vg/lstack.h"
 #include "vg/pgconn.h"
 
 /* PostgreSQL type OIDs (pg_type.h). */
@@ -265,6 +266,7 @@ int vg_l_db_push_result(lua_State *L, PGresult *res)
 {
     int nrows = PQntuples(res), ncols = PQnfields(res);
     luaL_checkstack(L, 6, "result");
+    VG_STACK_MARK(L);
     lua_createtable(L, nrows, 0);
     for (int r = 0; r < nrows; r++) {
         lua_createtable(L, 0, ncols);
@@ -276,6 +278,7 @@ int vg_l_db_push_result(lua_State *L, PGresult *res)
     }
     const char *n = PQcmdTuples(res);
     lua_pushinteger(L, n && *n ? (lua_Integer)strtoll(n, NULL, 10) : 0);
+    VG_STACK_CHECK(L, 2);
     return 2;
 }
 

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "vg/l_db_types.h"
+#include "vg/lstack.h"
 #include "vg/util.h"
 
 #define MAX_DEPTH 32
@@ -294,9 +295,14 @@ bool vg_l_json_encode_strict(lua_State *L, int idx, vg_buf_t *b, char *err, size
     idx = lua_absindex(L, idx);
     int top = lua_gettop(L);
     luaL_checkstack(L, 8, "encoding JSON");
+    VG_STACK_MARK(L);
     lua_newtable(L);
     strict_t s = {L, b, lua_gettop(L), err, errsize};
     bool ok = strict_value(&s, idx, 0);
+    if (ok) { /* a success leaves exactly the seen table */
+        lua_pop(L, 1);
+        VG_STACK_CHECK(L, 0);
+    }
     lua_settop(L, top);
     return ok;
 }

@@ -534,6 +534,17 @@ static bool result_is_fatal(const PGresult *r)
     return sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
 }
 
+/* The query is over: hand res to whoever waits for it (once). */
+static void deliver(vg_pgconn_t *c, PGresult *res)
+{
+    vg_pgconn_done_fn done = c->on_done;
+    void *arg = c->done_arg;
+    c->on_done = NULL;
+    c->done_arg = NULL;
+    if (done) done(c, res, arg);
+    else PQclear(res);
+}
+
 static void finish_query(vg_pgconn_t *c)
 {
     PGresult *res = c->result;
@@ -560,12 +571,7 @@ static void finish_query(vg_pgconn_t *c)
     } else {
         set_state(c, VG_PGCONN_IDLE);
     }
-    vg_pgconn_done_fn done = c->on_done;
-    void *arg = c->done_arg;
-    c->on_done = NULL;
-    c->done_arg = NULL;
-    if (done) done(c, res, arg);
-    else PQclear(res);
+    deliver(c, res);
 }
 
 /* COPY is not something a script can drive through this API: give up on
@@ -583,12 +589,7 @@ static void copy_unsupported(vg_pgconn_t *c, PGresult *r)
     c->refused_copy = true;
     set_state(c, VG_PGCONN_BROKEN);
     finish_pg(c);
-    vg_pgconn_done_fn done = c->on_done;
-    void *arg = c->done_arg;
-    c->on_done = NULL;
-    c->done_arg = NULL;
-    if (done) done(c, err, arg);
-    else PQclear(err);
+    deliver(c, err);
 }
 
 /* The statement of c->pending is prepared (or failed to be): cache it and
