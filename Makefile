@@ -20,6 +20,8 @@ CTESTS   := $(patsubst tests/c/%.c,%,$(wildcard tests/c/test_*.c))
 BUILD    ?= build
 ifeq ($(BUILD),build-asan)
   ALL_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  # Lua stack-balance assertions (vg/lstack.h)
+  ALL_CFLAGS += -DVG_DEBUG_STACK
   LDFLAGS  += -fsanitize=address,undefined
 endif
 

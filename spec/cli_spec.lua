@@ -1,6 +1,7 @@
 -- The command line, exit codes and the log format, seen from outside: each
 -- test runs the real binary as a child process.
 local host = require "spec.support.host"
+local proc = require "vg.proc"
 
 describe("vg-host command line", function()
   after_each(host.cleanup)
@@ -137,6 +138,33 @@ describe("logging", function()
     assert.is_nil(host.find(lines, "after_task").correlation_id)
   end)
 
+  it("writes each key once: context, then bound, then call fields, the host's own keys apart", function()
+    local r = host.run { host.script([[
+      local vg = require "vg"
+      local log = require "vg.log"
+      vg.spawn(function()
+        log.context({ correlation_id = "ctx", a = "ctx", b = "ctx", c = "ctx" })
+        local lg = log.bind({ b = "bound", c = "bound", d = "bound" })
+        lg:info("merged", { c = "call", level = "mine", worker_id = "mine", event = "mine" })
+      end):join()
+    ]]) }
+    assert.equal(0, r.code, r.stderr)
+    local raw = r.stdout:match('[^\n]*"event":"merged"[^\n]*')
+    assert.is_not_nil(raw, r.stdout)
+    for _, key in ipairs { "correlation_id", "a", "b", "c", "d", "level", "event", "worker_id",
+                           "field_level", "field_worker_id", "field_event" } do
+      local _, n = raw:gsub('"' .. key .. '":', "")
+      assert.equal(1, n, key .. " appears " .. n .. " times in " .. raw)
+    end
+    local l = host.lines(raw)[1]
+    assert.same({ "ctx", "ctx", "bound", "call", "bound" },
+      { l.correlation_id, l.a, l.b, l.c, l.d })
+    assert.equal("info", l.level)
+    assert.equal("merged", l.event)
+    assert.equal("mine", l.field_level)
+    assert.not_equal("mine", l.worker_id)
+  end)
+
   it("filters by LOG_LEVEL", function()
     local r = host.run({ host.script([[
       local log = require "vg.log"
@@ -166,21 +194,68 @@ describe("logging", function()
     assert.equal(2, #lines[1].errors)
   end)
 
-  it("keeps lines whole when many tasks log at once", function()
-    local r = host.run({ host.script([[
+  it("keeps lines whole when many tasks in several processes log to one file", function()
+    -- Four hosts append to the same file (O_APPEND), each from 20 tasks at
+    -- once, lines of 10 kB: a line written in more than one write() would
+    -- be cut by another process's lines.
+    local script = host.script([[
       local vg = require "vg"
       local log = require "vg.log"
-      local big = string.rep("x", 10000)
+      local big = string.rep(arg[1], 10000)
       local ts = {}
-      for i = 1, 50 do
-        ts[i] = vg.spawn(function() for j = 1, 20 do log.info("burst", { i = i, j = j, big = big }); vg.sleep(0) end end)
+      for i = 1, 20 do
+        ts[i] = vg.spawn(function()
+          for j = 1, 20 do log.info("burst", { i = i, j = j, big = big }); vg.sleep(0) end
+        end)
       end
       for _, t in ipairs(ts) do t:join() end
-    ]]) }, { max_output = 64 * 1024 * 1024 })
-    assert.equal(0, r.code)
-    local lines = host.lines(r.stdout)
-    assert.equal(1000, #lines)
-    for _, l in ipairs(lines) do assert.equal(10000, #l.big) end
+    ]])
+    local out = os.tmpname()
+    local r = proc.run({ "/bin/sh", "-c", 'for t in a b c d; do "$0" "$1" $t >> "$2" & done; wait',
+                         host.bin, script, out }, { env = host.env(), timeout = 120 })
+    local f = assert(io.open(out, "rb"))
+    local text = f:read("a")
+    f:close()
+    os.remove(out)
+    assert.equal(0, r.code, r.stderr)
+    local lines = host.lines(text) -- raises on a line that is not one whole JSON object
+    assert.equal(4 * 20 * 20, #lines)
+    for _, l in ipairs(lines) do
+      assert.equal(10000, #l.big)
+      assert.equal(string.rep(l.big:sub(1, 1), 10000), l.big, "a line mixes two processes' text")
+    end
+  end)
+end)
+
+describe("a closed stdout", function()
+  after_each(host.cleanup)
+
+  it("sends the log to stderr, and the host exits as usual", function()
+    local script = host.script([[
+      require("vg.log").info("to_stderr")
+      io.stderr:write("script done\n")
+    ]])
+    local r = proc.run({ "/bin/sh", "-c", 'exec "$0" "$1" >&-', host.bin, script },
+      { env = host.env(), timeout = 60 })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches('"event":"to_stderr"', r.stderr)
+  end)
+
+  it("still lets a worker shut down with exit 0 on SIGTERM", function()
+    local script = host.script([[
+      local vg = require "vg"
+      local log = require "vg.log"
+      log.info("waiting")
+      vg.sleep(120)
+      log.info("woken")
+    ]])
+    local p = proc.spawn({ "/bin/sh", "-c", 'exec "$0" "$1" >&-', host.bin, script },
+      { env = host.env() })
+    assert.is_truthy(p:wait_output('"event":"waiting"', 30, { plain = true, stream = "stderr" }))
+    p:kill("TERM")
+    local r = p:wait(30)
+    assert.equal(0, r.code, p:stderr())
+    assert.matches('"event":"worker_shutdown"', p:stderr())
   end)
 end)
 

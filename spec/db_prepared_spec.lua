@@ -1,33 +1,19 @@
 -- vg.db prepares parameterised statements on the server once per
 -- connection and reuses them; a new session starts with none. Against
 -- TEST_DATABASE_URL.
-local URL = os.getenv("TEST_DATABASE_URL")
-if not URL then
+local dbs = require "spec.support.db"
+if not dbs.available() then
   describe("vg.db prepared statements", function() pending("TEST_DATABASE_URL is not set") end)
   return
 end
+local URL = dbs.url
 
 local vg = require "vg"
 local db = require "vg.db"
 
-local seq = 0
-local function new_pool(opts)
-  seq = seq + 1
-  opts = opts or {}
-  opts.url = opts.url or URL
-  opts.application_name = opts.application_name
-    or ("vgspec-prep-" .. seq .. "-" .. math.random(1e6))
-  return db.pool(opts), opts.application_name
-end
+local new_pool = dbs.pool_maker("vgspec-prep")
 
-local function wait_until(cond, timeout)
-  local deadline = vg.now() + (timeout or 5)
-  while not cond() do
-    if vg.now() > deadline then return false end
-    vg.sleep(0.01)
-  end
-  return true
-end
+local wait_until = dbs.wait_until
 
 -- The statements this connection has prepared, by SQL text.
 local function prepared(tx)
@@ -72,7 +58,7 @@ describe("db.query with parameters", function()
     local sql = "select $1 as v"
     assert.equal("abc", pool:query(sql, "abc")[1].v)
     local bin = "\0\1\2\255"
-    local v = pool:query("select $1 as v", bin)[1].v
+    local v = pool:query("select $1 as v", db.bytea(bin))[1].v
     assert.equal(bin, v)
     assert.equal("abc", pool:query(sql, "abc")[1].v)
     assert.equal(2, pool:stats().prepared_total)
@@ -114,8 +100,26 @@ describe("db.query with parameters", function()
     assert.equal(2, pool:stats().prepared_total)
   end)
 
+  it("keeps its statements when a query only mentions discard or deallocate", function()
+    for i = 1, 3 do
+      assert.equal(i + 1, pool:query(SQL, i)[1].v)
+      pool:query("select 'discard all; deallocate all' as w /* DISCARD, DEALLOCATE */")
+    end
+    assert.equal(1, pool:stats().prepared_total)
+    pool:transaction(function(tx)
+      assert.equal(1, #tx:query("select 1 from pg_prepared_statements"))
+    end)
+  end)
+
+  it("prepares again after DEALLOCATE ALL, also inside a multi-statement query", function()
+    assert.equal(2, pool:query(SQL, 1)[1].v)
+    pool:query("select 1; deallocate all; select 2")
+    assert.equal(3, pool:query(SQL, 2)[1].v)
+    assert.equal(2, pool:stats().prepared_total)
+  end)
+
   it("keeps working when a statement's result type changes under it", function()
-    local t = ("spec_prep_%d_%d"):format(seq, math.random(1e6))
+    local t = dbs.table_name("prep")
     pool:query("create table " .. t .. " (id int)")
     pool:query("insert into " .. t .. " values (1)")
     local sql = "select * from " .. t .. " where id = $1"

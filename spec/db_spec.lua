@@ -1,44 +1,40 @@
 -- vg.db against a real PostgreSQL (TEST_DATABASE_URL): queries, parameters,
 -- typed results, error objects and transactions.
-local URL = os.getenv("TEST_DATABASE_URL")
-if not URL then
+local dbs = require "spec.support.db"
+if not dbs.available() then
   describe("vg.db", function() pending("TEST_DATABASE_URL is not set") end)
   return
 end
+local URL = dbs.url
 
 local vg = require "vg"
 local db = require "vg.db"
 
-local seq = 0
--- A pool of its own, named so its connections can be found on the server.
-local function new_pool(opts)
-  seq = seq + 1
-  opts = opts or {}
-  opts.url = opts.url or URL
-  opts.application_name = opts.application_name
-    or ("vgspec-db-" .. seq .. "-" .. math.random(1e6))
-  return db.pool(opts), opts.application_name
-end
+local new_pool = dbs.pool_maker("vgspec-db")
 
-local function table_name(stem)
-  seq = seq + 1
-  return ("spec_%s_%d_%d"):format(stem, seq, math.random(1e6))
-end
+local table_name = dbs.table_name
 
--- Wait (without blocking) until cond() is true; false after timeout.
-local function wait_until(cond, timeout)
-  local deadline = vg.now() + (timeout or 5)
-  while not cond() do
-    if vg.now() > deadline then return false end
-    vg.sleep(0.01)
-  end
-  return true
-end
+local wait_until = dbs.wait_until
 
 describe("db.query", function()
   local pool
   before_each(function() pool = new_pool() end)
   after_each(function() pool:close(0) end)
+
+  it("raises where it cannot wait, and takes no connection", function()
+    local small = new_pool { pool_size = 1, max_overflow = 0, pool_timeout = 2 }
+    for _ = 1, 2 do
+      local ok, err = pcall(table.sort, { 2, 1 }, function(a, b)
+        small:query("select 1")
+        return a < b
+      end)
+      assert.is_false(ok)
+      assert.matches("cannot wait here", tostring(err))
+    end
+    assert.equal(0, small:stats().checked_out)
+    assert.equal(1, small:query("select 1 as n")[1].n)
+    small:close(0)
+  end)
 
   it("returns rows keyed by column name and the affected-row count", function()
     local t = table_name("rows")
@@ -152,7 +148,7 @@ describe("parameters and typed results", function()
   it("round-trips bytea, zero bytes included", function()
     local bin = "a\0b\255\1\0"
     local r = pool:query("select $1::bytea as b, length($1::bytea) as n, "
-      .. "'\\x00ff'::bytea as lit, $2::bytea as marked", bin, db.bytea("\\x41"))[1]
+      .. "'\\x00ff'::bytea as lit, $2::bytea as marked", db.bytea(bin), db.bytea("\\x41"))[1]
     assert.equal(bin, r.b)
     assert.equal(6, r.n)
     assert.equal("\0\255", r.lit)
@@ -175,6 +171,73 @@ describe("parameters and typed results", function()
 
   it("refuses a parameter it cannot send", function()
     assert.has_error(function() pool:query("select $1", function() end) end)
+  end)
+
+  it("refuses, before it takes a connection, what it cannot store exactly", function()
+    local small = new_pool { pool_size = 1, max_overflow = 0, pool_timeout = 2 }
+    local deep, ok_deep = {}, {}
+    local d = deep
+    for _ = 1, 70 do d[1] = {}; d = d[1] end
+    d = ok_deep
+    for _ = 1, 60 do d[1] = {}; d = d[1] end
+    local cycle = { a = 1 }
+    cycle.self = cycle
+    local cases = {
+      { "x\0y", "zero byte.*db%.bytea" },
+      { "caf\233", "not valid UTF%-8" },
+      { function() end, "cannot send a function" },
+      { io.stdout, "cannot send a userdata" },
+      { { step = "a", run = function() end }, "holds a function" },
+      { { out = io.stdout }, "holds a userdata" },
+      { cycle, "contains itself" },
+      { deep, "deeper than 64" },
+      { { 1, 0 / 0 }, "NaN" },
+      { { [1] = 1, [100] = 2 }, "sparse" },
+      { { [true] = 1 }, "key of type boolean" },
+      { { "x\0" }, "zero byte" },
+      { { db.bytea("b") }, "db%.bytea inside a table" },
+    }
+    for i, c in ipairs(cases) do
+      local ok, err = pcall(small.query, small, "select $1::text as v", c[1])
+      assert.is_false(ok, "case " .. i .. " was accepted")
+      assert.matches("parameter %$1", tostring(err))
+      assert.matches(c[2], tostring(err))
+    end
+    -- A table's __tostring is not its data, and it never runs here.
+    local loud = setmetatable({ a = 1 }, { __tostring = function() error("no") end })
+    for _ = 1, 2 do
+      assert.same({ a = 1 }, small:query("select $1::jsonb as v", loud)[1].v)
+    end
+    assert.equal(0, small:stats().checked_out)
+    -- 60 nested arrays around an empty table are within the limit.
+    assert.equal(60, small:query(
+      "select length($1::text) - length(replace($1::text, '[', '')) as n", ok_deep)[1].n)
+    small:close(0)
+  end)
+
+  it("refuses COPY as unsupported, not as a retriable lost connection", function()
+    local small = new_pool { pool_size = 1, max_overflow = 0 }
+    local t = table_name("copy")
+    small:query("create table " .. t .. " (id int)")
+    for _, sql in ipairs { "copy (select 1) to stdout", "copy " .. t .. " from stdin" } do
+      local ok, err = pcall(small.query, small, sql)
+      assert.is_false(ok)
+      assert.equal("unsupported", err.code)
+      assert.is_false(err.retriable)
+      assert.matches("COPY is not supported", err.message)
+    end
+    assert.equal(0, small:query("select count(*)::int as n from " .. t)[1].n)
+    small:query("drop table " .. t)
+    small:close(0)
+  end)
+
+  it("sends an array's holes as JSON null", function()
+    local r = pool:query("select $1::jsonb as v", { 1, nil, 3, [5] = "e" })[1]
+    assert.same({ 1, db.null, 3, db.null, "e" }, r.v)
+    assert.equal("[1, null, 3, null, \"e\"]",
+      pool:query("select $1::jsonb::text as v", { 1, nil, 3, [5] = "e" })[1].v)
+    assert.equal('{"1": "a", "k": true}',
+      pool:query("select $1::jsonb::text as v", { [1] = "a", k = true })[1].v)
   end)
 end)
 
@@ -358,13 +421,16 @@ describe("db.transaction", function()
         .. "application_name = $1 and query like '%pg_sleep(30)%' and state = 'active'",
         app)[1].n == 1
     end))
-    local t0 = vg.now()
     task:cancel()
     assert.has_error(function() task:join() end)
     -- The pool cancels the query on the server, rolls the connection back
     -- and reuses it: nobody is handed a connection in a transaction.
     assert.is_true(wait_until(function() return pool:stats().resetting == 0 end))
-    assert.is_true(vg.now() - t0 < 5, "the server-side query was not cancelled")
+    assert.is_true(wait_until(function()
+      return admin:query("select count(*)::int as n from pg_stat_activity where "
+        .. "application_name = $1 and query like '%pg_sleep(30)%' and state = 'active'",
+        app)[1].n == 0
+    end), "the server-side query was not cancelled")
     local s = pool:stats()
     assert.equal(0, s.checked_out)
     assert.equal(1, s.idle)

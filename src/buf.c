@@ -1,5 +1,6 @@
 /* Growable buffers and JSON encoding of scalars. */
 #include "vg/buf.h"
+#include "vg/util.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -109,27 +110,6 @@ char *vg_buf_steal(vg_buf_t *b)
     return p;
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 when invalid:
- * overlong forms, surrogates and code points above U+10FFFF are invalid. */
-static size_t utf8_valid_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    uint32_t cp, min;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07, min = 0x10000;
-    else return 0;
-    if (len > n) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return len;
-}
-
 void vg_json_str(vg_buf_t *b, const char *str, size_t n)
 {
     const unsigned char *s = (const unsigned char *)str;
@@ -162,7 +142,7 @@ void vg_json_str(vg_buf_t *b, const char *str, size_t n)
             i++;
             continue;
         }
-        size_t len = utf8_valid_len(s + i, n - i);
+        size_t len = vg_utf8_len(s + i, n - i);
         if (len == 0) {
             vg_buf_add(b, "\xEF\xBF\xBD", 3); /* U+FFFD for each bad byte */
             i++;

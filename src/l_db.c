@@ -21,11 +21,12 @@
  *   pool:stats()                 -> table
  *   pool:close([timeout])        -> true, or false when connections still
  *                                   checked out were closed by force
- *   pool:wait_ready([timeout])   -> true, or false when shutdown came first;
- *                                   raises database_unreachable
- *   pool:listen(channel [, {on_connect = sql | {sql, params...}}]),
- *   pool:unlisten([channel])
- *   pool:wait_notification([timeout]) -> {channel=, payload=, pid=} or nil
+ *   pool:probe([timeout])        -> true, or false, message, kind, detail:
+ *                                   one connection attempt (lua/vg/db.lua
+ *                                   builds pool:wait_ready on it)
+ *   core.config_num(name)        a VG_* setting; core.backoff_first and
+ *                                core.backoff_max, the retry back-off
+ *   pool:listen, pool:unlisten, pool:wait_notification: src/l_db_listen.c
  *
  * Every wait is a scheduler wait with one cleanup (vg/sched.h): a task
  * cancelled in the middle of a query gives its connection back to the
@@ -41,19 +42,16 @@
 #include "vg/config.h"
 #include "vg/dburl.h"
 #include "vg/err.h"
+#include "vg/l_db.h"
 #include "vg/l_db_types.h"
 #include "vg/log.h"
 #include "vg/pgpool.h"
 #include "vg/sched_host.h"
 
-#define POOL_MT "vg.db.Pool"
+#define POOL_MT VG_L_DB_POOL_MT
 #define CONN_MT "vg.db.Conn"
 
-typedef struct l_pool {
-    vg_pgpool_t *pool;      /* NULL once destroyed */
-    double pool_timeout;
-    struct l_pool *next;    /* every live pool, for the exit hook */
-} l_pool_t;
+typedef vg_l_db_pool_t l_pool_t;
 
 typedef struct qop qop_t;
 
@@ -169,14 +167,14 @@ static void push_pool(lua_State *L, int idx)
     }
 }
 
-static l_pool_t *check_lpool(lua_State *L, int idx)
+l_pool_t *vg_l_db_check_lpool(lua_State *L, int idx)
 {
     return luaL_checkudata(L, idx, POOL_MT);
 }
 
-static vg_pgpool_t *check_pool(lua_State *L, int idx)
+vg_pgpool_t *vg_l_db_check_pool(lua_State *L, int idx)
 {
-    l_pool_t *lp = check_lpool(L, idx);
+    l_pool_t *lp = vg_l_db_check_lpool(L, idx);
     if (!lp->pool || vg_pgpool_closed(lp->pool))
         vg_err_raise(L, "pool_closed", false, "the database pool is closed");
     return lp->pool;
@@ -184,7 +182,7 @@ static vg_pgpool_t *check_pool(lua_State *L, int idx)
 
 static int l_pool_gc(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     for (l_pool_t **pp = &D.pools; *pp; pp = &(*pp)->next) {
         if (*pp == lp) {
             *pp = lp->next;
@@ -250,12 +248,34 @@ struct qop {
     PGresult *res;
     const char *err_code;
     char *err_msg;
+    vg_l_db_params_t params; /* built before the checkout, freed once sent */
+    bool have_params;
 };
+
+static void qop_drop_params(qop_t *op)
+{
+    if (op->have_params) vg_l_db_free_params(&op->params);
+    op->have_params = false;
+}
 
 static void qop_free(qop_t *op)
 {
+    qop_drop_params(op);
     free(op->err_msg);
     free(op);
+}
+
+/* A query op owning the parameters p (built already), or none (NULL). */
+static qop_t *qop_new(vg_task_t *t, vg_pgpool_t *pool, vg_l_db_params_t *p)
+{
+    qop_t *op = vg_xcalloc(1, sizeof *op);
+    op->task = t;
+    op->pool = pool;
+    if (p) {
+        op->params = *p;
+        op->have_params = true;
+    }
+    return op;
 }
 
 /* The wait ended early (cancelled, timed out): detach from the pool and
@@ -294,21 +314,49 @@ static void qop_done(vg_pgconn_t *c, PGresult *res, void *arg)
 
 static int query_sent_k(lua_State *L, int status, lua_KContext ctx);
 
-/* Send the query of the call whose SQL is at index 2 and parameters from
- * 3, on op->conn, and wait. */
+/* Ask the pool for a connection for task t (op takes the parameters p,
+ * when given). Returns op with op->conn set when one was free at once, or
+ * op waiting for one (the caller then waits with checkout_wait); raises
+ * pool_closed. */
+static qop_t *checkout(lua_State *L, vg_task_t *t, vg_pgpool_t *pool, vg_l_db_params_t *p)
+{
+    qop_t *op = qop_new(t, pool, p);
+    op->req.cb = qop_acquired;
+    op->req.arg = op;
+    op->phase = Q_ACQUIRE;
+    vg_pgconn_t *c;
+    int rc = vg_pgpool_acquire(pool, &op->req, &c);
+    if (rc < 0) {
+        qop_free(op);
+        vg_err_raise(L, "pool_closed", false, "the database pool is closed");
+    }
+    if (rc == 0) op->conn = c;
+    return op;
+}
+
+/* Wait for the connection of a checkout; k runs when it came or failed.
+ * No timeout here: the pool fails the request with pool_timeout. */
+static int checkout_wait(lua_State *L, qop_t *op, lua_KFunction k)
+{
+    vg_task_wait(op->task, 0, -1, qop_cleanup, op);
+    vg_task_wait_label(op->task, "db checkout");
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, k);
+}
+
+/* Send the query of the call whose SQL is at index 2, with op's
+ * parameters, on op->conn, and wait. */
 static int query_send(lua_State *L, qop_t *op)
 {
-    vg_l_db_params_t p;
+    const vg_l_db_params_t *p = &op->params;
     const char *sql = lua_tostring(L, 2);
-    vg_l_db_build_params(L, 3, &p);
     /* No parameters: the simple protocol, so a migration may hold several
      * statements. */
-    int rc = vg_pgconn_send(op->conn, sql, p.n ? p.n : -1,
-                            p.types, p.vals, p.lens, p.fmts, qop_done, op);
-    vg_l_db_free_params(&p);
+    int rc = vg_pgconn_send(op->conn, sql, p->n ? p->n : -1,
+                            p->types, p->vals, p->lens, p->fmts, qop_done, op);
+    qop_drop_params(op); /* libpq or the statement cache copied what it needs */
     if (rc != 0) {
         lua_pushstring(L, vg_pgconn_error(op->conn));
-        bool lost = op->conn->state != VG_PGCONN_IDLE;
+        bool lost = vg_pgconn_state(op->conn) != VG_PGCONN_IDLE;
         if (!op->lc) vg_pgpool_release(op->pool, op->conn);
         qop_free(op);
         vg_l_db_push_query_error(L, NULL, lost, lua_tostring(L, -1));
@@ -327,7 +375,8 @@ static int query_sent_k(lua_State *L, int status, lua_KContext ctx)
     qop_t *op = (qop_t *)(intptr_t)ctx;
     PGresult *res = op->res;
     vg_pgconn_t *conn = op->conn;
-    bool lost = conn->state != VG_PGCONN_IDLE;
+    bool lost = vg_pgconn_state(conn) != VG_PGCONN_IDLE;
+    bool copy = vg_pgconn_refused_copy(conn);
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY ||
               st == PGRES_SINGLE_TUPLE;
@@ -335,6 +384,11 @@ static int query_sent_k(lua_State *L, int status, lua_KContext ctx)
     if (op->lc) op->lc->busy = NULL;
     else vg_pgpool_release(op->pool, conn);
     qop_free(op);
+    if (copy) { /* not a lost connection: retrying would do the same */
+        PQclear(res);
+        return vg_err_raise(L, "unsupported", false,
+                            "COPY is not supported by db.query: use INSERT or SELECT");
+    }
     if (!ok) {
         vg_l_db_push_query_error(L, res, lost || !res, lua_tostring(L, -1));
         PQclear(res);
@@ -367,30 +421,14 @@ static int query_acquired_k(lua_State *L, int status, lua_KContext ctx)
 /* pool:query(sql, ...) -> rows, affected */
 static int l_pool_query(lua_State *L)
 {
-    vg_pgpool_t *pool = check_pool(L, 1);
+    vg_pgpool_t *pool = vg_l_db_check_pool(L, 1);
     luaL_checkstring(L, 2);
-    vg_l_db_check_params(L, 3);
     vg_task_t *t = vg_task_current(L);
-    qop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->pool = pool;
-    op->req.cb = qop_acquired;
-    op->req.arg = op;
-    op->phase = Q_ACQUIRE;
-    vg_pgconn_t *c;
-    int rc = vg_pgpool_acquire(pool, &op->req, &c);
-    if (rc < 0) {
-        qop_free(op);
-        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
-    }
-    if (rc == 0) {
-        op->conn = c;
-        return query_send(L, op);
-    }
-    /* No timeout here: the pool fails the request with pool_timeout. */
-    vg_task_wait(t, 0, -1, qop_cleanup, op);
-    vg_task_wait_label(t, "db checkout");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, query_acquired_k);
+    vg_l_db_params_t p;
+    vg_l_db_build_params(L, 3, &p); /* before the checkout: a refusal leaves nothing */
+    qop_t *op = checkout(L, t, pool, &p);
+    if (op->conn) return query_send(L, op);
+    return checkout_wait(L, op, query_acquired_k);
 }
 
 /* ---- checked-out connections (transactions) --------------------------------------- */
@@ -424,29 +462,15 @@ static int acquire_k(lua_State *L, int status, lua_KContext ctx)
 /* pool:acquire() -> conn (give it back with conn:release()) */
 static int l_pool_acquire(lua_State *L)
 {
-    vg_pgpool_t *pool = check_pool(L, 1);
+    vg_pgpool_t *pool = vg_l_db_check_pool(L, 1);
     lua_settop(L, 1);
-    vg_task_t *t = vg_task_current(L);
-    qop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->pool = pool;
-    op->req.cb = qop_acquired;
-    op->req.arg = op;
-    op->phase = Q_ACQUIRE;
-    vg_pgconn_t *c;
-    int rc = vg_pgpool_acquire(pool, &op->req, &c);
-    if (rc < 0) {
-        qop_free(op);
-        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
-    }
-    if (rc == 0) {
-        push_conn(L, pool, c);
+    qop_t *op = checkout(L, vg_task_current(L), pool, NULL);
+    if (op->conn) {
+        push_conn(L, pool, op->conn);
         qop_free(op);
         return 1;
     }
-    vg_task_wait(t, 0, -1, qop_cleanup, op);
-    vg_task_wait_label(t, "db checkout");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, acquire_k);
+    return checkout_wait(L, op, acquire_k);
 }
 
 /* conn:query(sql, ...) -> rows, affected */
@@ -454,7 +478,6 @@ static int l_conn_query(lua_State *L)
 {
     l_conn_t *lc = check_conn(L, 1);
     luaL_checkstring(L, 2);
-    vg_l_db_check_params(L, 3);
     if (!lc->c) {
         vg_err_push(L, "connection_lost", true,
                     "this connection was given back or lost (its transaction is over)");
@@ -462,9 +485,9 @@ static int l_conn_query(lua_State *L)
     }
     if (lc->busy) return luaL_error(L, "another query is running on this connection");
     vg_task_t *t = vg_task_current(L);
-    qop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->pool = lc->p;
+    vg_l_db_params_t p;
+    vg_l_db_build_params(L, 3, &p);
+    qop_t *op = qop_new(t, lc->p, &p);
     op->lc = lc;
     op->conn = lc->c;
     return query_send(L, op);
@@ -484,7 +507,7 @@ static int l_conn_tx_status(lua_State *L)
 {
     l_conn_t *lc = check_conn(L, 1);
     const char *s = "closed";
-    if (lc->c && lc->c->state == VG_PGCONN_IDLE) {
+    if (lc->c && vg_pgconn_state(lc->c) == VG_PGCONN_IDLE) {
         switch (vg_pgconn_tx_status(lc->c)) {
         case PQTRANS_IDLE: s = "idle"; break;
         case PQTRANS_INTRANS: s = "intrans"; break;
@@ -492,7 +515,7 @@ static int l_conn_tx_status(lua_State *L)
         case PQTRANS_ACTIVE: s = "active"; break;
         default: s = "unknown"; break;
         }
-    } else if (lc->c && lc->c->state == VG_PGCONN_BUSY) {
+    } else if (lc->c && vg_pgconn_state(lc->c) == VG_PGCONN_BUSY) {
         s = "active";
     } else if (lc->c) {
         s = "broken";
@@ -522,7 +545,7 @@ static void push_stats(lua_State *L, const vg_pgpool_stats_t *s)
 
 static int l_pool_stats(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     vg_pgpool_stats_t s;
     if (lp->pool) vg_pgpool_stats(lp->pool, &s);
     else memset(&s, 0, sizeof s);
@@ -572,14 +595,14 @@ static int close_k(lua_State *L, int status, lua_KContext ctx)
     close_op_t *op = (close_op_t *)(intptr_t)ctx;
     bool forced = op->forced;
     free(op);
-    return close_finish(L, check_lpool(L, 1), forced);
+    return close_finish(L, vg_l_db_check_lpool(L, 1), forced);
 }
 
 /* pool:close([timeout]) -> true, or false when some checked-out connections
  * had to be closed by force after the timeout (default VG_SHUTDOWN_GRACE). */
 static int l_pool_close(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     double timeout = luaL_optnumber(L, 2, vg_config_num("VG_SHUTDOWN_GRACE"));
     lua_settop(L, 1);
     if (!lp->pool) {
@@ -600,19 +623,17 @@ static int l_pool_close(lua_State *L)
     return vg_task_yield(L, (lua_KContext)(intptr_t)op, close_k);
 }
 
-/* ---- waiting for the database at start-up ------------------------------------------ */
+/* ---- one connection attempt (pool:wait_ready in lua/vg/db.lua retries) -- */
 
 typedef struct {
     vg_task_t *task;
     vg_pgpool_probe_t *probe;
-    bool done;
     char *error;
 } probe_op_t;
 
 static void probe_done(void *arg, const char *error)
 {
     probe_op_t *op = arg;
-    op->done = true;
     op->probe = NULL;
     if (error) op->error = vg_xstrdup(error);
     vg_task_wake(op->task);
@@ -626,53 +647,18 @@ static void probe_cleanup(void *arg)
     free(op);
 }
 
-/* Stack of wait_ready: 1 pool, 2 timeout, 3 deadline, 4 attempt, 5 backoff,
- * 6 last error (human), 7 last kind. */
-static int wait_attempt(lua_State *L);
-
-static void push_unreachable(lua_State *L, l_pool_t *lp)
+static int probe_k(lua_State *L, int status, lua_KContext ctx)
 {
-    const char *why = lua_tostring(L, 6);
-    vg_err_push(L, "database_unreachable", false, "could not connect to the database at %s "
-                "within %f s: %s", vg_pgpool_describe(lp->pool), (lua_Number)lua_tonumber(L, 2),
-                why ? why : "timed out");
-    lua_pushstring(L, vg_pgpool_describe(lp->pool));
-    lua_setfield(L, -2, "host");
-    lua_pushvalue(L, 7);
-    lua_setfield(L, -2, "reason");
-}
-
-static int wait_backoff_k(lua_State *L, int status, lua_KContext ctx)
-{
-    if (vg_task_woken(L) == VG_WAKE_INTERRUPTED) {
+    if (vg_task_woken(L) == VG_WAKE_TIMEOUT) { /* cleanup freed op */
         lua_pushboolean(L, 0);
-        return 1;
-    }
-    return wait_attempt(L);
-}
-
-static int wait_probe_k(lua_State *L, int status, lua_KContext ctx)
-{
-    l_pool_t *lp = check_lpool(L, 1);
-    vg_wake_t why = vg_task_woken(L);
-    double now = (double)uv_hrtime() / 1e9;
-    if (why == VG_WAKE_TIMEOUT) { /* the deadline passed during an attempt */
-        if (lua_isnil(L, 6)) {
-            lua_pushliteral(L, "no answer from the server within the connect timeout");
-            lua_replace(L, 6);
-            lua_pushliteral(L, "timeout");
-            lua_replace(L, 7);
-        }
-        push_unreachable(L, lp);
-        return lua_error(L);
+        lua_pushliteral(L, "no answer from the server within the connect timeout");
+        lua_pushliteral(L, "timeout");
+        return 3;
     }
     probe_op_t *op = (probe_op_t *)(intptr_t)ctx;
     char *error = op->error;
     free(op);
-    lua_Integer attempt = lua_tointeger(L, 4);
     if (!error) {
-        vg_log(VG_LOG_INFO, "database_connected", VG_F_STR("host", vg_pgpool_describe(lp->pool)),
-               VG_F_INT("attempts", attempt), VG_F_END);
         lua_pushboolean(L, 1);
         return 1;
     }
@@ -681,243 +667,50 @@ static int wait_probe_k(lua_State *L, int status, lua_KContext ctx)
     vg_pgconn_explain(error, human, sizeof human, &kind);
     char *detail = vg_dburl_redact(error);
     free(error);
+    lua_pushboolean(L, 0);
     lua_pushstring(L, human);
-    lua_replace(L, 6);
     lua_pushstring(L, kind);
-    lua_replace(L, 7);
-    double backoff = lua_tonumber(L, 5);
-    double left = lua_tonumber(L, 3) - now;
-    vg_log(VG_LOG_WARNING, "database_connect_failed",
-           VG_F_STR("host", vg_pgpool_describe(lp->pool)),
-           VG_F_INT("attempt", attempt), VG_F_STR("reason", kind), VG_F_STR("error", human),
-           VG_F_STR("detail", detail), VG_F_NUM("retry_in", left > backoff ? backoff : 0),
-           VG_F_END);
+    lua_pushstring(L, detail);
     free(detail);
-    if (left <= backoff) {
-        push_unreachable(L, lp);
-        return lua_error(L);
-    }
-    lua_pushnumber(L, backoff * 2 > 5.0 ? 5.0 : backoff * 2);
-    lua_replace(L, 5);
-    vg_task_t *t = vg_task_current(L);
-    vg_task_wait(t, VG_WAIT_INTERRUPTIBLE, backoff, NULL, NULL);
-    vg_task_wait_label(t, "db connect back-off");
-    return vg_task_yield(L, 0, wait_backoff_k);
+    return 4;
 }
 
-static int wait_attempt(lua_State *L)
+/* pool:probe([timeout]) -> true when a new connection opened (it joins the
+ * pool as idle); else false, a message for people, its kind (see
+ * vg_pgconn_explain; "timeout" when timeout seconds passed first) and
+ * libpq's own message with any password redacted. One attempt. */
+static int l_pool_probe(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
-    if (!lp->pool || vg_pgpool_closed(lp->pool))
-        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
-    if (vg_shutdown_requested()) {
-        lua_pushboolean(L, 0);
-        return 1;
-    }
-    double left = lua_tonumber(L, 3) - (double)uv_hrtime() / 1e9;
-    lua_pushinteger(L, lua_tointeger(L, 4) + 1);
-    lua_replace(L, 4);
+    vg_pgpool_t *pool = vg_l_db_check_pool(L, 1);
+    double timeout = luaL_optnumber(L, 2, -1);
     vg_task_t *t = vg_task_current(L);
     probe_op_t *op = vg_xcalloc(1, sizeof *op);
     op->task = t;
-    op->probe = vg_pgpool_probe(lp->pool, probe_done, op);
-    vg_task_wait(t, 0, left > 0 ? left : 0, probe_cleanup, op);
+    op->probe = vg_pgpool_probe(pool, probe_done, op);
+    vg_task_wait(t, 0, timeout, probe_cleanup, op);
     vg_task_wait_label(t, "db connect");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, wait_probe_k);
+    return vg_task_yield(L, (lua_KContext)(intptr_t)op, probe_k);
 }
 
-/* pool:wait_ready([timeout]) -> true when the server answers; false when
- * shutdown was requested first; raises database_unreachable after timeout
- * (default VG_DB_CONNECT_TIMEOUT), retrying with back-off. */
-static int l_pool_wait_ready(lua_State *L)
+/* core.config_num(name) -> the number a VG_* variable was configured to. */
+static int l_core_config_num(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
-    check_pool(L, 1);
-    double timeout = luaL_optnumber(L, 2, vg_config_num("VG_DB_CONNECT_TIMEOUT"));
-    vg_pgpool_stats_t s;
-    vg_pgpool_stats(lp->pool, &s);
-    lua_settop(L, 1);
-    if (s.idle > 0 || s.checked_out > 0) { /* it answered moments ago */
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    lua_pushnumber(L, timeout);
-    lua_pushnumber(L, (double)uv_hrtime() / 1e9 + timeout);
-    lua_pushinteger(L, 0);
-    lua_pushnumber(L, 0.2);
-    lua_pushnil(L);
-    lua_pushnil(L);
-    return wait_attempt(L);
-}
-
-/* ---- LISTEN / NOTIFY ---------------------------------------------------------------- */
-
-typedef struct {
-    vg_task_t *task;
-    vg_pglistener_t *l;
-    vg_pglisten_req_t req;
-    vg_pgwait_t wait;
-    bool done;
-    char *error;
-    vg_pgnotify_t *n;
-} lop_t;
-
-static void lop_listened(vg_pglisten_req_t *r, const char *error)
-{
-    lop_t *op = r->arg;
-    op->done = true;
-    if (error) op->error = vg_xstrdup(error);
-    vg_task_wake(op->task);
-}
-
-static void lop_cleanup(void *arg)
-{
-    lop_t *op = arg;
-    vg_pglistener_forget(op->l, &op->req);
-    vg_pglistener_unwait(op->l, &op->wait);
-    vg_pgnotify_free(op->n);
-    free(op->error);
-    free(op);
-}
-
-static int listen_k(lua_State *L, int status, lua_KContext ctx)
-{
-    vg_wake_t why = vg_task_woken(L);
-    if (why != VG_WAKE_DONE)
-        return vg_err_raise(L, "pool_timeout", true,
-                            "LISTEN/UNLISTEN was not confirmed within the pool timeout");
-    lop_t *op = (lop_t *)(intptr_t)ctx;
-    char *error = op->error;
-    free(op);
-    if (error) {
-        lua_pushstring(L, error);
-        free(error);
-        return vg_err_raise(L, "listen_failed", true, "%s", lua_tostring(L, -1));
-    }
-    lua_pushboolean(L, 1);
+    lua_pushnumber(L, vg_config_num(luaL_checkstring(L, 1)));
     return 1;
-}
-
-static int listen_common(lua_State *L, bool listen)
-{
-    l_pool_t *lp = check_lpool(L, 1);
-    vg_pgpool_t *pool = check_pool(L, 1);
-    const char *channel = listen ? luaL_checkstring(L, 2) : luaL_optstring(L, 2, NULL);
-    luaL_argcheck(L, !channel || (*channel && strlen(channel) < 64), 2,
-                  "a channel name is 1 to 63 bytes");
-    vg_task_t *t = vg_task_current(L);
-    vg_pglistener_t *l = vg_pgpool_listener(pool);
-    if (listen && lua_istable(L, 3)) {
-        /* opts.on_connect = sql or {sql, param, ...}: run first on every new
-         * LISTEN connection (a session lock, a SET). */
-        lua_getfield(L, 3, "on_connect");
-        int oc = lua_gettop(L);
-        if (lua_isstring(L, oc)) {
-            vg_pglistener_on_connect(l, lua_tostring(L, oc), 0, NULL);
-        } else if (lua_istable(L, oc)) {
-            lua_rawgeti(L, oc, 1);
-            if (!lua_isstring(L, -1)) luaL_argerror(L, 3, "on_connect[1] must be the SQL text");
-            int first = lua_gettop(L) + 1;
-            lua_Integer n = (lua_Integer)lua_rawlen(L, oc);
-            luaL_checkstack(L, (int)n, "too many on_connect parameters");
-            for (lua_Integer i = 2; i <= n; i++) lua_rawgeti(L, oc, i);
-            vg_l_db_check_params(L, first);
-            vg_l_db_params_t p;
-            vg_l_db_build_params(L, first, &p);
-            vg_pglistener_on_connect(l, lua_tostring(L, first - 1), p.n, p.vals);
-            vg_l_db_free_params(&p);
-        } else if (!lua_isnil(L, oc)) {
-            luaL_argerror(L, 3, "on_connect must be SQL text or {sql, params...}");
-        }
-        lua_settop(L, 3);
-    }
-    lop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->l = l;
-    op->req.cb = lop_listened;
-    op->req.arg = op;
-    if (vg_pglistener_request(op->l, channel, listen, &op->req) != 0) {
-        free(op);
-        return vg_err_raise(L, "pool_closed", false, "the database pool is closed");
-    }
-    vg_task_wait(t, 0, lp->pool_timeout > 0 ? lp->pool_timeout : 30, lop_cleanup, op);
-    vg_task_wait_label(t, listen ? "db listen" : "db unlisten");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, listen_k);
-}
-
-static int l_pool_listen(lua_State *L) { return listen_common(L, true); }
-static int l_pool_unlisten(lua_State *L) { return listen_common(L, false); }
-
-static void push_notify(lua_State *L, vg_pgnotify_t *n)
-{
-    lua_createtable(L, 0, 3);
-    lua_pushstring(L, n->channel);
-    lua_setfield(L, -2, "channel");
-    lua_pushstring(L, n->payload);
-    lua_setfield(L, -2, "payload");
-    lua_pushinteger(L, n->pid);
-    lua_setfield(L, -2, "pid");
-    vg_pgnotify_free(n);
-}
-
-static void lop_notified(vg_pgwait_t *w, vg_pgnotify_t *n)
-{
-    lop_t *op = w->arg;
-    op->n = n;
-    op->done = true;
-    vg_task_wake(op->task);
-}
-
-static int wait_notification_k(lua_State *L, int status, lua_KContext ctx)
-{
-    vg_wake_t why = vg_task_woken(L);
-    if (why != VG_WAKE_DONE) return 0; /* timeout or shutdown: nil (cleanup ran) */
-    lop_t *op = (lop_t *)(intptr_t)ctx;
-    vg_pgnotify_t *n = op->n;
-    free(op);
-    if (!n) return 0;
-    push_notify(L, n);
-    return 1;
-}
-
-/* pool:wait_notification([timeout]) -> {channel=, payload=, pid=}, or nil
- * on timeout, on shutdown, or after the LISTEN connection was re-made
- * (notifications may have been missed: look for work). */
-static int l_pool_wait_notification(lua_State *L)
-{
-    vg_pgpool_t *pool = check_pool(L, 1);
-    double timeout = luaL_optnumber(L, 2, -1);
-    vg_pglistener_t *l = vg_pgpool_listener(pool);
-    vg_pgnotify_t *n = vg_pglistener_pop(l);
-    if (n) {
-        push_notify(L, n);
-        return 1;
-    }
-    if (vg_shutdown_requested() || timeout == 0) return 0;
-    vg_task_t *t = vg_task_current(L);
-    lop_t *op = vg_xcalloc(1, sizeof *op);
-    op->task = t;
-    op->l = l;
-    op->wait.cb = lop_notified;
-    op->wait.arg = op;
-    vg_pglistener_wait(l, &op->wait);
-    vg_task_wait(t, VG_WAIT_INTERRUPTIBLE, timeout, lop_cleanup, op);
-    vg_task_wait_label(t, "db notification");
-    return vg_task_yield(L, (lua_KContext)(intptr_t)op, wait_notification_k);
 }
 
 /* ---- small things ----------------------------------------------------------------- */
 
 static int l_pool_describe(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     lua_pushstring(L, lp->pool ? vg_pgpool_describe(lp->pool) : "(closed)");
     return 1;
 }
 
 static int l_pool_tostring(lua_State *L)
 {
-    l_pool_t *lp = check_lpool(L, 1);
+    l_pool_t *lp = vg_l_db_check_lpool(L, 1);
     lua_pushfstring(L, "vg.db.Pool(%s)", lp->pool ? vg_pgpool_describe(lp->pool) : "closed");
     return 1;
 }
@@ -956,10 +749,7 @@ static const luaL_Reg pool_methods[] = {
     {"acquire", l_pool_acquire},
     {"stats", l_pool_stats},
     {"close", l_pool_close},
-    {"wait_ready", l_pool_wait_ready},
-    {"listen", l_pool_listen},
-    {"unlisten", l_pool_unlisten},
-    {"wait_notification", l_pool_wait_notification},
+    {"probe", l_pool_probe},
     {"describe", l_pool_describe},
     {NULL, NULL},
 };
@@ -978,6 +768,7 @@ static const luaL_Reg core_funcs[] = {
     {"configure", l_core_configure},
     {"bytea", l_core_bytea},
     {"error", l_core_error},
+    {"config_num", l_core_config_num},
     {NULL, NULL},
 };
 
@@ -988,6 +779,7 @@ int luaopen_vg_db_core(lua_State *L)
     int mod = lua_gettop(L);
     if (luaL_newmetatable(L, POOL_MT)) {
         luaL_newlib(L, pool_methods);
+        luaL_setfuncs(L, vg_l_db_listen_methods, 0);
         lua_pushvalue(L, -1);
         lua_setfield(L, mod, "Pool");
         lua_setfield(L, -2, "__index");
@@ -1011,5 +803,9 @@ int luaopen_vg_db_core(lua_State *L)
     lua_pop(L, 1);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, mod, "null");
+    lua_pushnumber(L, VG_PG_BACKOFF_FIRST);
+    lua_setfield(L, mod, "backoff_first");
+    lua_pushnumber(L, VG_PG_BACKOFF_MAX);
+    lua_setfield(L, mod, "backoff_max");
     return 1;
 }

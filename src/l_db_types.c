@@ -5,12 +5,15 @@
 #include <lauxlib.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "vg/buf.h"
+#include "vg/util.h"
 #include "vg/err.h"
 #include "vg/l_json.h"
+#include "vg/lstack.h"
 #include "vg/pgconn.h"
 
 /* PostgreSQL type OIDs (pg_type.h). */
@@ -35,27 +38,6 @@ void vg_l_db_types_init(lua_State *L)
 
 /* ---- parameters ----------------------------------------------------------- */
 
-static bool valid_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        if (c == 0) return false;
-        if (c < 0x80) { i++; continue; }
-        size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        if (!len || i + len > n || c == 0xC0 || c == 0xC1 || c > 0xF4) return false;
-        for (size_t k = 1; k < len; k++)
-            if ((s[i + k] & 0xC0) != 0x80) return false;
-        uint32_t cp = c & (0x7F >> len);
-        for (size_t k = 1; k < len; k++) cp = (cp << 6) | (s[i + k] & 0x3F);
-        if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 static bool is_bytea(lua_State *L, int idx)
 {
     if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return false;
@@ -65,28 +47,24 @@ static bool is_bytea(lua_State *L, int idx)
     return yes;
 }
 
-/* Type-check the arguments first..top before anything is sent. */
-void vg_l_db_check_params(lua_State *L, int first)
-{
-    int top = lua_gettop(L);
-    for (int i = first; i <= top; i++) {
-        int t = lua_type(L, i);
-        if (t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING ||
-            t == LUA_TTABLE || (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, i) == NULL))
-            continue;
-        luaL_argerror(L, i, lua_pushfstring(L, "parameter $%d: cannot send a %s to the "
-                                               "database", i - first + 1, luaL_typename(L, i)));
-    }
-}
-
 static char *owned(vg_l_db_params_t *p, int i, char *s)
 {
     p->owned[i] = s;
     return s;
 }
 
+/* Refuse the parameter at index first + i: free what was built, raise. */
+static void refuse_param(lua_State *L, vg_l_db_params_t *p, int first, int i, const char *what)
+{
+    char msg[400];
+    snprintf(msg, sizeof msg, "parameter $%d: %s", i + 1, what);
+    vg_l_db_free_params(p);
+    luaL_argerror(L, first + i, msg);
+}
+
 /* Build libpq's parameter arrays from the arguments first..top. Strings
- * stay where they are (on the Lua stack, alive until the call returns). */
+ * stay where they are (on the Lua stack, alive while the call's frame is:
+ * across its yields too). */
 void vg_l_db_build_params(lua_State *L, int first, vg_l_db_params_t *p)
 {
     int top = lua_gettop(L);
@@ -120,12 +98,14 @@ void vg_l_db_build_params(lua_State *L, int first, vg_l_db_params_t *p)
             size_t len;
             const char *s = lua_tolstring(L, idx, &len);
             p->vals[i] = s;
-            if (!valid_utf8((const unsigned char *)s, len)) {
-                /* Not text (a zero byte, binary data): send it as bytea. */
-                p->fmts[i] = 1;
-                p->lens[i] = (int)len;
-                p->types[i] = OID_BYTEA;
-            }
+            /* Text only: PostgreSQL would store binary data sent for a text
+             * column as its hex escape, without an error. */
+            if (memchr(s, 0, len))
+                refuse_param(L, p, first, i, "text with a zero byte (send binary data "
+                                             "with db.bytea(s))");
+            if (!vg_utf8_valid(s, len))
+                refuse_param(L, p, first, i, "text that is not valid UTF-8 (send binary "
+                                             "data with db.bytea(s))");
             break;
         }
         case LUA_TTABLE:
@@ -139,13 +119,30 @@ void vg_l_db_build_params(lua_State *L, int first, vg_l_db_params_t *p)
                 p->types[i] = OID_BYTEA;
             } else {
                 vg_buf_t b = VG_BUF_INIT;
-                vg_l_json_encode(L, idx, &b);
+                char why[256], what[320];
+                if (!vg_l_json_encode_strict(L, idx, &b, why, sizeof why)) {
+                    vg_buf_free(&b);
+                    snprintf(what, sizeof what, "cannot be sent as JSON: it holds %s", why);
+                    refuse_param(L, p, first, i, what);
+                }
                 p->vals[i] = owned(p, i, vg_buf_steal(&b));
             }
             break;
-        default: /* nil, db.null */
+        case LUA_TNIL:
             p->vals[i] = NULL;
             break;
+        case LUA_TLIGHTUSERDATA:
+            if (lua_touserdata(L, idx) == NULL) { /* db.null */
+                p->vals[i] = NULL;
+                break;
+            }
+            /* fall through */
+        default: {
+            char what[128];
+            snprintf(what, sizeof what, "cannot send a %s to the database",
+                     luaL_typename(L, idx));
+            refuse_param(L, p, first, i, what);
+        }
         }
     }
 }
@@ -204,14 +201,6 @@ static void push_json(lua_State *L, const char *s, int len)
     lua_pushlstring(L, s, (size_t)len); /* undecodable: the text itself */
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 static void push_bytea(lua_State *L, const char *s, int len)
 {
     if (len >= 2 && s[0] == '\\' && s[1] == 'x') { /* hex output (the default) */
@@ -220,7 +209,7 @@ static void push_bytea(lua_State *L, const char *s, int len)
         char *out = luaL_buffinitsize(L, &b, n);
         size_t k = 0;
         for (int i = 2; i + 1 < len; i += 2) {
-            int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+            int hi = vg_hex_digit(s[i]), lo = vg_hex_digit(s[i + 1]);
             if (hi < 0 || lo < 0) break;
             out[k++] = (char)(hi << 4 | lo);
         }
@@ -277,6 +266,7 @@ int vg_l_db_push_result(lua_State *L, PGresult *res)
 {
     int nrows = PQntuples(res), ncols = PQnfields(res);
     luaL_checkstack(L, 6, "result");
+    VG_STACK_MARK(L);
     lua_createtable(L, nrows, 0);
     for (int r = 0; r < nrows; r++) {
         lua_createtable(L, 0, ncols);
@@ -288,6 +278,7 @@ int vg_l_db_push_result(lua_State *L, PGresult *res)
     }
     const char *n = PQcmdTuples(res);
     lua_pushinteger(L, n && *n ? (lua_Integer)strtoll(n, NULL, 10) : 0);
+    VG_STACK_CHECK(L, 2);
     return 2;
 }
 

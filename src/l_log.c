@@ -66,6 +66,19 @@ static void add_fields(lua_State *L, int idx, vg_buf_t *b)
     }
 }
 
+/* Copy every field of the table at from into the table at to. */
+static void merge_into(lua_State *L, int to, int from)
+{
+    to = lua_absindex(L, to);
+    from = lua_absindex(L, from);
+    lua_pushnil(L);
+    while (lua_next(L, from)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, to);
+    }
+}
+
 static bool is_logger(lua_State *L, int idx)
 {
     if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return false;
@@ -82,14 +95,26 @@ static int emit(lua_State *L, vg_log_level_t level)
     const char *event = luaL_checkstring(L, base);
     if (!vg_log_enabled(level)) return 0;
     if (!lua_isnoneornil(L, base + 1)) luaL_checktype(L, base + 1, LUA_TTABLE);
-    vg_buf_t b = VG_BUF_INIT;
-    if (bound) {
-        lua_getfield(L, 1, "fields");
-        if (lua_istable(L, -1)) add_fields(L, -1, &b);
+    /* One set of keys: the task's context, then the bound fields, then the
+     * call's, each later one winning. */
+    lua_settop(L, base + 1);
+    lua_newtable(L);
+    int merged = lua_gettop(L);
+    vg_task_t *t = vg_task_running();
+    if (t) {
+        vg_task_push_context(L, t);
+        merge_into(L, merged, -1);
         lua_pop(L, 1);
     }
-    if (lua_istable(L, base + 1)) add_fields(L, base + 1, &b);
-    vg_log_fragment(level, event, b.data, b.len);
+    if (bound) {
+        lua_getfield(L, 1, "fields");
+        if (lua_istable(L, -1)) merge_into(L, merged, -1);
+        lua_pop(L, 1);
+    }
+    if (lua_istable(L, base + 1)) merge_into(L, merged, base + 1);
+    vg_buf_t b = VG_BUF_INIT;
+    add_fields(L, merged, &b);
+    vg_log_merged(level, event, b.data, b.len);
     vg_buf_free(&b);
     return 0;
 }
@@ -109,21 +134,11 @@ static int l_log_bind(lua_State *L)
     if (is_logger(L, 1)) {
         arg = 2;
         lua_getfield(L, 1, "fields");
-        lua_pushnil(L);
-        while (lua_next(L, -2)) {
-            lua_pushvalue(L, -2);
-            lua_insert(L, -2);
-            lua_settable(L, merged);
-        }
+        merge_into(L, merged, -1);
         lua_pop(L, 1);
     }
     luaL_checktype(L, arg, LUA_TTABLE);
-    lua_pushnil(L);
-    while (lua_next(L, arg)) {
-        lua_pushvalue(L, -2);
-        lua_insert(L, -2);
-        lua_settable(L, merged);
-    }
+    merge_into(L, merged, arg);
     lua_createtable(L, 0, 1);
     lua_pushvalue(L, merged);
     lua_setfield(L, -2, "fields");
@@ -153,12 +168,7 @@ static int l_log_context(lua_State *L)
     vg_task_t *t = running_task(L);
     vg_task_push_context(L, t);
     int ctx = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, 1)) {
-        lua_pushvalue(L, -2);
-        lua_insert(L, -2);
-        lua_settable(L, ctx);
-    }
+    merge_into(L, ctx, 1);
     store_context(L, t, ctx);
     return 0;
 }
@@ -193,12 +203,7 @@ static int l_log_get_context(lua_State *L)
     vg_task_t *t = running_task(L);
     lua_newtable(L);
     vg_task_push_context(L, t);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-        lua_pushvalue(L, -2);
-        lua_insert(L, -2);
-        lua_settable(L, -5);
-    }
+    merge_into(L, -2, -1);
     lua_pop(L, 1);
     return 1;
 }

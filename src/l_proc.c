@@ -88,6 +88,7 @@
 #include <sys/stat.h>
 
 #include "vg/buf.h"
+#include "vg/util.h"
 #include "vg/err.h"
 #include "vg/guard.h"
 #include "vg/proc.h"
@@ -385,18 +386,12 @@ static void parse_args(lua_State *L, int argv, int opts, vg_proc_opts_t *o)
     parse_env(L, opts, keep, o);
 }
 
-static bool is_dir(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 static int raise_spawn_failed(lua_State *L, const vg_proc_opts_t *o, int rc)
 {
     const char *cmd = o->argv[0];
     /* Out of processes, descriptors or memory may pass; a bad command not. */
     bool retriable = rc == UV_EAGAIN || rc == UV_EMFILE || rc == UV_ENFILE || rc == UV_ENOMEM;
-    if (rc == UV_ENOENT && o->cwd && !is_dir(o->cwd))
+    if (rc == UV_ENOENT && o->cwd && !vg_is_dir(o->cwd))
         vg_err_push(L, "spawn_failed", retriable, "cannot run '%s': working directory '%s': %s",
                     cmd, o->cwd, uv_strerror(rc));
     else
@@ -485,17 +480,6 @@ static int push_fail(lua_State *L, const char *code, bool retriable, const char 
 
 /* ---- waiting -------------------------------------------------------------- */
 
-/* The running task, when this call can wait (yield) here. Checked before
- * anything is started or linked: a failed yield must leave nothing behind. */
-static vg_task_t *waiting_task(lua_State *L)
-{
-    vg_task_t *t = vg_task_current(L);
-    if (!lua_isyieldable(L))
-        luaL_error(L, "vg.proc cannot wait here: not yieldable (inside a C call such as a "
-                      "table.sort comparator, a string.gsub callback or __gc)");
-    return t;
-}
-
 /* Push a waiter on L's stack, link it and yield to k. */
 static int wait_on(lua_State *L, vg_task_t *t, l_process_t *lp, waiter_t *w, double timeout,
                    lua_KFunction k)
@@ -532,7 +516,7 @@ static int run_k(lua_State *L, int status, lua_KContext ctx)
 static int l_proc_run(lua_State *L)
 {
     lua_settop(L, 2);
-    vg_task_t *t = waiting_task(L); /* before starting anything */
+    vg_task_t *t = vg_task_current(L); /* before starting anything */
     l_process_t *lp = start_process(L, 1, 2, false);
     waiter_t *w = new_waiter(L);
     w->terminate_on_cancel = true;
@@ -648,7 +632,7 @@ static int l_process_wait(lua_State *L)
         push_result(L, lp->p);
         return 1;
     }
-    vg_task_t *t = waiting_task(L);
+    vg_task_t *t = vg_task_current(L);
     return wait_on(L, t, lp, new_waiter(L), timeout, wait_k);
 }
 
@@ -697,7 +681,7 @@ static int wait_output_k(lua_State *L, int status, lua_KContext ctx)
         if (why == VG_WAKE_TIMEOUT || left <= 0)
             return push_fail(L, "timeout", true, "no match in the output before the timeout", lp);
     }
-    return wait_on(L, waiting_task(L), lp, w, left, wait_output_k);
+    return wait_on(L, vg_task_current(L), lp, w, left, wait_output_k);
 }
 
 static int l_process_wait_output(lua_State *L)
@@ -727,7 +711,7 @@ static int l_process_wait_output(lua_State *L)
     vg_proc_status_t st;
     vg_proc_status(lp->p, &st);
     if (st.done) return push_fail(L, "exited", false, "output ended without a match", lp);
-    vg_task_t *t = waiting_task(L);
+    vg_task_t *t = vg_task_current(L);
     waiter_t *w = new_waiter(L);
     w->want_output = true;
     w->plain = plain;

@@ -8,6 +8,7 @@
 #include "vg/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,6 +61,34 @@ int vg_log_parse_level(const char *s, vg_log_level_t *out)
 }
 
 void vg_log_set_context(const char *fragment) { context = fragment; }
+
+static bool fd_open(int fd) { return fcntl(fd, F_GETFD) != -1 || errno != EBADF; }
+
+/* Put a file on fd: a copy of from when from >= 0, else /dev/null. */
+static void fill_fd(int fd, int from)
+{
+    if (from >= 0) {
+        (void)dup2(from, fd);
+        return;
+    }
+    int n = open("/dev/null", O_RDWR);
+    if (n >= 0 && n != fd) {
+        (void)dup2(n, fd);
+        close(n);
+    }
+}
+
+bool vg_log_guard_fds(void)
+{
+    bool moved = false;
+    if (!fd_open(0)) fill_fd(0, -1);
+    if (!fd_open(1)) {
+        moved = fd_open(2);
+        fill_fd(1, moved ? 2 : -1);
+    }
+    if (!fd_open(2)) fill_fd(2, -1);
+    return moved;
+}
 
 static void write_all(const char *p, size_t n);
 
@@ -162,9 +191,10 @@ static void add_console_fields(vg_buf_t *b, const char *f, size_t n)
     }
 }
 
-void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields, size_t len)
+/* One line: the host's members, then ctx (a fragment or NULL), then fields. */
+static void write_line(vg_log_level_t level, const char *event, const char *ctx,
+                       const char *fields, size_t len)
 {
-    if (!vg_log_enabled(level)) return;
     vg_buf_t *b = &line;
     if (!buffered) vg_buf_reset(b);
     if (format == VG_LOG_CONSOLE) {
@@ -172,7 +202,7 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
         vg_buf_printf(b, " %-8s %s", vg_log_level_name(level), event);
         vg_buf_adds(b, " worker_id=");
         vg_buf_adds(b, vg_log_worker_id());
-        if (context) add_console_fields(b, context, strlen(context));
+        if (ctx) add_console_fields(b, ctx, strlen(ctx));
         if (fields && len) add_console_fields(b, fields, len);
     } else {
         vg_buf_adds(b, "{\"timestamp\":\"");
@@ -182,7 +212,7 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
         vg_buf_adds(b, ",\"worker_id\":");
         const char *id = vg_log_worker_id();
         vg_json_str(b, id, strlen(id));
-        if (context) vg_buf_adds(b, context);
+        if (ctx) vg_buf_adds(b, ctx);
         if (fields && len) vg_buf_add(b, fields, len);
         vg_buf_addc(b, '}');
     }
@@ -190,6 +220,18 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
     /* Errors go out at once, with what came before them: they may be the
      * last lines before a crash. */
     if (!buffered || b->len >= PENDING_MAX || level >= VG_LOG_ERROR) vg_log_flush();
+}
+
+void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields, size_t len)
+{
+    if (!vg_log_enabled(level)) return;
+    write_line(level, event, context, fields, len);
+}
+
+void vg_log_merged(vg_log_level_t level, const char *event, const char *fields, size_t len)
+{
+    if (!vg_log_enabled(level)) return;
+    write_line(level, event, NULL, fields, len);
 }
 
 void vg_log(vg_log_level_t level, const char *event, ...)

@@ -21,6 +21,7 @@
 #include "vg/log.h"
 #include "vg/sched_host.h"
 #include "vg/sig.h"
+#include "vg/util.h"
 
 int luaopen_vg(lua_State *L);
 int luaopen_vg_log(lua_State *L);
@@ -83,12 +84,6 @@ static int setup_logging(void)
     return bad ? -1 : 0;
 }
 
-static bool is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 /* The shipped lua/ tree: VG_LUA_DIR, else next to the binary (installed
  * layout PREFIX/share/vg-host/lua, or the source tree's lua/). */
 static char *find_lua_dir(void)
@@ -104,7 +99,7 @@ static char *find_lua_dir(void)
     for (size_t i = 0; i < 2; i++) {
         vg_buf_t b = VG_BUF_INIT;
         vg_buf_printf(&b, "%s%s", dir, rel[i]);
-        if (is_dir(b.data)) {
+        if (vg_is_dir(b.data)) {
             char *real = realpath(b.data, NULL);
             vg_buf_free(&b);
             if (real) return real;
@@ -280,6 +275,7 @@ static int parse_cli(int argc, char **argv, cli_t *cli)
 
 int main(int argc, char **argv)
 {
+    vg_log_guard_fds(); /* before anything opens a descriptor */
     cli_t cli;
     if (parse_cli(argc, argv, &cli) != 0) return EXIT_USAGE;
     if (setup_logging() != 0) return EXIT_FATAL;

@@ -12,12 +12,53 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "vg/buf.h"
+#include "vg/util.h"
 #include "vg/log.h"
+#include "vg/pgstmt.h"
 
 #define MAX_ADDRS 8
+
+struct vg_pgconn {
+    vg_pgconn_owner_t own;       /* the owner's fields: never touched here */
+    uint64_t last_used_ms;       /* uv_now() when the last query finished */
+    bool no_prepare;             /* send parameterised queries unnamed, as
+                                    through a transaction-mode PgBouncer */
+    vg_pgconn_state_t state;     /* changed by set_state() only */
+    PGconn *pg;
+    uv_loop_t *loop;
+    uv_poll_t *poll;             /* malloc'd: a socket change needs a new one */
+    int poll_fd;
+    int poll_events;
+    int connect_events;          /* what PQconnectPoll waits for, while CONNECTING */
+    uv_timer_t timer;            /* connect timeout */
+    uv_getaddrinfo_t gai;
+    bool gai_pending;
+    bool keep_loop;
+    bool fatal_seen;             /* the server sent FATAL while we were idle */
+    bool fail_pending;           /* a failure found at start, reported by the timer */
+    bool flushing;               /* query data still to be sent */
+    bool freeing;                /* vg_pgconn_free() was called */
+    bool drops_stmts;            /* a result of the query dropped prepared statements */
+    bool refused_copy;           /* the last query was a COPY, given up on */
+    int handles_open;            /* timer + poll + gai still to be closed */
+    char **keys, **vals;         /* connection parameters (copies) */
+    char *error;                 /* why the connection failed or broke */
+    vg_pgconn_event_fn on_event;
+    void *event_arg;
+    vg_pgconn_done_fn on_done;
+    void *done_arg;
+    vg_pgconn_notify_fn on_notify;
+    void *notify_arg;
+    PGresult *result;            /* accumulating while BUSY */
+    bool result_is_error;
+    /* Server-side prepared statements of this session (see vg_pgconn_send). */
+    vg_pgstmts_t stmts;
+    vg_pgexec_t *pending;        /* execute to send once the prepare succeeds */
+    int exec_slot;               /* cache slot of the statement running, or -1 */
+    uint64_t prepared_total;     /* statements this connection has prepared */
+};
 
 static void on_poll(uv_poll_t *h, int status, int events);
 static void on_timer(uv_timer_t *h);
@@ -35,22 +76,6 @@ static void set_error(vg_pgconn_t *c, const char *msg)
     c->error[n] = '\0';
 }
 
-static char **copy_strv(const char *const *v, size_t extra)
-{
-    size_t n = 0;
-    while (v[n]) n++;
-    char **out = vg_xcalloc(n + extra + 1, sizeof *out);
-    for (size_t i = 0; i < n; i++) out[i] = vg_xstrdup(v[i]);
-    return out;
-}
-
-static void free_strv(char **v)
-{
-    if (!v) return;
-    for (size_t i = 0; v[i]; i++) free(v[i]);
-    free(v);
-}
-
 static const char *param(const vg_pgconn_t *c, const char *key)
 {
     for (size_t i = 0; c->keys[i]; i++)
@@ -58,131 +83,25 @@ static const char *param(const vg_pgconn_t *c, const char *key)
     return NULL;
 }
 
-static void stmts_clear(vg_pgconn_t *c);
-
 static void maybe_free(vg_pgconn_t *c)
 {
     if (!c->freeing || c->handles_open > 0) return;
-    stmts_clear(c);
-    free(c->stmts);
-    free_strv(c->keys);
-    free_strv(c->vals);
+    vg_pgstmts_free(&c->stmts);
+    vg_strv_free(c->keys);
+    vg_strv_free(c->vals);
     free(c->error);
     free(c);
 }
 
-/* ---- the prepared-statement cache --------------------------------------- */
-
-/* A statement is known by its SQL text and its parameter types: the types
- * a statement is prepared with stay fixed, and a bytea parameter is sent
- * with its type, so "$1" once text and once bytea are two statements. */
-struct vg_pgstmt {
-    char *key;
-    size_t keylen;
-    uint32_t hash;
-    unsigned id;
-};
-
-/* An execute waiting for its statement's prepare: copies of the caller's
- * parameters, which the caller frees as soon as vg_pgconn_send returns. */
-struct vg_pgexec {
-    struct vg_pgstmt stmt;
-    int n;
-    char **vals;
-    int *lens;
-    int *fmts;
-};
-
-static void stmt_name(char *buf, size_t size, unsigned id)
+/* Did this statement drop prepared statements? Told by what the server
+ * says it ran (the command tag: "DISCARD ALL", "DEALLOCATE",
+ * "DEALLOCATE ALL"), not by words in the query text, which may sit in a
+ * string literal or a comment. A DEALLOCATE of one name drops the whole
+ * cache: the tag does not say which statement went. */
+static bool drops_statements(const PGresult *r)
 {
-    snprintf(buf, size, "vg_s%u", id);
-}
-
-static char *stmt_key(const char *sql, int nparams, const Oid *types, size_t *len,
-                      uint32_t *hash)
-{
-    size_t sl = strlen(sql);
-    size_t tl = (size_t)nparams * sizeof(Oid);
-    size_t n = sl + 1 + sizeof nparams + tl;
-    char *k = vg_xmalloc(n);
-    memcpy(k, sql, sl + 1);
-    memcpy(k + sl + 1, &nparams, sizeof nparams);
-    if (tl) {
-        if (types) memcpy(k + sl + 1 + sizeof nparams, types, tl);
-        else memset(k + sl + 1 + sizeof nparams, 0, tl);
-    }
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)k[i]) * 16777619u;
-    *len = n;
-    *hash = h;
-    return k;
-}
-
-static int stmt_find(const vg_pgconn_t *c, const char *key, size_t len, uint32_t hash)
-{
-    for (int i = 0; i < c->n_stmts; i++) {
-        const struct vg_pgstmt *s = &c->stmts[i];
-        if (s->hash == hash && s->keylen == len && memcmp(s->key, key, len) == 0) return i;
-    }
-    return -1;
-}
-
-/* Forget every statement. Used when the server may no longer have them; a
- * statement still on the server is harmless, its name is never reused. */
-static void stmts_clear(vg_pgconn_t *c)
-{
-    for (int i = 0; i < c->n_stmts; i++) free(c->stmts[i].key);
-    c->n_stmts = 0;
-    c->exec_slot = -1;
-}
-
-static void exec_free(struct vg_pgexec *e)
-{
-    if (!e) return;
-    free(e->stmt.key);
-    for (int i = 0; i < e->n; i++) free(e->vals[i]);
-    free(e->vals);
-    free(e->lens);
-    free(e->fmts);
-    free(e);
-}
-
-static struct vg_pgexec *exec_copy(int n, const char *const *values, const int *lengths,
-                                   const int *formats)
-{
-    struct vg_pgexec *e = vg_xcalloc(1, sizeof *e);
-    size_t m = n ? (size_t)n : 1;
-    e->n = n;
-    e->vals = vg_xcalloc(m, sizeof *e->vals);
-    e->lens = vg_xcalloc(m, sizeof *e->lens);
-    e->fmts = vg_xcalloc(m, sizeof *e->fmts);
-    for (int i = 0; i < n; i++) {
-        int fmt = formats ? formats[i] : 0;
-        e->fmts[i] = fmt;
-        if (!values || !values[i]) continue;
-        /* libpq reads a binary value's length, a text value up to its NUL. */
-        size_t len = fmt ? (size_t)(lengths ? lengths[i] : 0) : strlen(values[i]);
-        e->vals[i] = vg_xmalloc(len + 1);
-        memcpy(e->vals[i], values[i], len);
-        e->vals[i][len] = '\0';
-        e->lens[i] = (int)len;
-    }
-    return e;
-}
-
-/* Does a simple query drop prepared statements (DISCARD ALL, DEALLOCATE)? */
-static bool drops_statements(const char *sql)
-{
-    static const char *const words[] = {"discard", "deallocate"};
-    for (const char *p = sql; *p; p++)
-        for (size_t w = 0; w < sizeof words / sizeof *words; w++)
-            if (strncasecmp(p, words[w], strlen(words[w])) == 0) return true;
-    return false;
-}
-
-uint64_t vg_pgconn_prepared_total(const vg_pgconn_t *c)
-{
-    return c->prepared_total;
+    const char *tag = PQcmdStatus((PGresult *)r);
+    return tag && (strcmp(tag, "DISCARD ALL") == 0 || strncmp(tag, "DEALLOCATE", 10) == 0);
 }
 
 /* ---- the poll handle ----------------------------------------------------- */
@@ -251,6 +170,40 @@ static int poll_set(vg_pgconn_t *c, int fd, int events)
     return 0;
 }
 
+/* The one place the state changes. It owns the poll interest that goes
+ * with each state: CONNECTING waits for what PQconnectPoll asked
+ * (connect_events), IDLE for readability (EOF, notifications), BUSY for
+ * readability and, while query data is still to be sent, writability;
+ * RESOLVING and BROKEN poll nothing, CLOSED has no poll handle. Returns
+ * what poll_set returned (non-zero: the socket cannot be watched). */
+static int set_state(vg_pgconn_t *c, vg_pgconn_state_t st)
+{
+    c->state = st;
+    switch (st) {
+    case VG_PGCONN_CONNECTING:
+        return c->pg ? poll_set(c, PQsocket(c->pg), c->connect_events) : 0;
+    case VG_PGCONN_IDLE:
+        return poll_set(c, PQsocket(c->pg), UV_READABLE);
+    case VG_PGCONN_BUSY:
+        return poll_set(c, PQsocket(c->pg), UV_READABLE | (c->flushing ? UV_WRITABLE : 0));
+    case VG_PGCONN_CLOSED:
+        poll_close(c);
+        return 0;
+    default: /* RESOLVING, BROKEN */
+        poll_stop(c);
+        return 0;
+    }
+}
+
+/* Stop watching the socket, then close it: libuv must let go of the fd
+ * before PQfinish closes it. */
+static void finish_pg(vg_pgconn_t *c)
+{
+    poll_close(c);
+    if (c->pg) PQfinish(c->pg);
+    c->pg = NULL;
+}
+
 void vg_pgconn_keep_loop(vg_pgconn_t *c, bool keep)
 {
     c->keep_loop = keep;
@@ -303,9 +256,8 @@ static void emit(vg_pgconn_t *c, vg_pgconn_event_t ev)
 static void connect_failed(vg_pgconn_t *c, const char *msg)
 {
     set_error(c, msg);
-    c->state = VG_PGCONN_BROKEN;
+    set_state(c, VG_PGCONN_BROKEN);
     uv_timer_stop(&c->timer);
-    poll_stop(c);
     emit(c, VG_PGCONN_EV_CONNECT_FAILED);
 }
 
@@ -314,7 +266,8 @@ static void connect_failed(vg_pgconn_t *c, const char *msg)
 static void connect_failed_later(vg_pgconn_t *c, const char *msg)
 {
     set_error(c, msg);
-    c->state = VG_PGCONN_CONNECTING;
+    c->connect_events = 0;
+    set_state(c, VG_PGCONN_CONNECTING);
     c->fail_pending = true;
     uv_timer_start(&c->timer, on_timer, 0, 0);
 }
@@ -326,9 +279,8 @@ static void connected(vg_pgconn_t *c)
         connect_failed(c, PQerrorMessage(c->pg));
         return;
     }
-    c->state = VG_PGCONN_IDLE;
     c->last_used_ms = uv_now(c->loop);
-    if (poll_set(c, PQsocket(c->pg), UV_READABLE) != 0) {
+    if (set_state(c, VG_PGCONN_IDLE) != 0) {
         connect_failed(c, "could not watch the connection's socket");
         return;
     }
@@ -341,11 +293,11 @@ static void connect_step(vg_pgconn_t *c)
 {
     poll_stop(c);
     PostgresPollingStatusType st = PQconnectPoll(c->pg);
-    int fd = PQsocket(c->pg);
     switch (st) {
     case PGRES_POLLING_READING:
     case PGRES_POLLING_WRITING:
-        if (poll_set(c, fd, st == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE) != 0)
+        c->connect_events = st == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE;
+        if (set_state(c, VG_PGCONN_CONNECTING) != 0)
             connect_failed(c, "could not watch the connection's socket");
         break;
     case PGRES_POLLING_OK:
@@ -387,9 +339,9 @@ static void start_libpq(vg_pgconn_t *c, const char *host_list, const char *addr_
         connect_failed(c, PQerrorMessage(c->pg));
         return;
     }
-    c->state = VG_PGCONN_CONNECTING;
     /* As the libpq manual says: start as if PQconnectPoll asked for write. */
-    if (poll_set(c, PQsocket(c->pg), UV_WRITABLE) != 0)
+    c->connect_events = UV_WRITABLE;
+    if (set_state(c, VG_PGCONN_CONNECTING) != 0)
         connect_failed(c, "could not watch the connection's socket");
 }
 
@@ -459,12 +411,12 @@ static void on_timer(uv_timer_t *h)
     if (c->state != VG_PGCONN_RESOLVING && c->state != VG_PGCONN_CONNECTING) return;
     if (c->fail_pending) { /* a failure found at start */
         c->fail_pending = false;
-        c->state = VG_PGCONN_BROKEN;
+        set_state(c, VG_PGCONN_BROKEN);
         emit(c, VG_PGCONN_EV_CONNECT_FAILED);
         return;
     }
     if (c->gai_pending) uv_cancel((uv_req_t *)&c->gai);
-    c->state = VG_PGCONN_BROKEN; /* on_resolved ignores a late answer */
+    /* BROKEN from here on: on_resolved ignores a late answer. */
     connect_failed(c, "timeout expired while connecting");
 }
 
@@ -475,11 +427,11 @@ vg_pgconn_t *vg_pgconn_connect(uv_loop_t *loop, const vg_pgconn_params_t *p,
     c->loop = loop;
     c->poll_fd = -1;
     c->exec_slot = -1;
-    c->keys = copy_strv(p->keys, 0);
-    c->vals = copy_strv(p->vals, 0);
+    c->keys = vg_strv_copy(p->keys);
+    c->vals = vg_strv_copy(p->vals);
     c->on_event = on_event;
     c->event_arg = arg;
-    c->state = VG_PGCONN_RESOLVING;
+    set_state(c, VG_PGCONN_RESOLVING);
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
     c->handles_open++;
@@ -512,11 +464,7 @@ vg_pgconn_t *vg_pgconn_connect(uv_loop_t *loop, const vg_pgconn_params_t *p,
     c->on_event = on_event;
     if (c->state == VG_PGCONN_BROKEN) {
         char *why = vg_xstrdup(c->error);
-        poll_close(c); /* before PQfinish closes the socket */
-        if (c->pg) {
-            PQfinish(c->pg);
-            c->pg = NULL;
-        }
+        finish_pg(c);
         connect_failed_later(c, why);
         free(why);
     }
@@ -528,8 +476,7 @@ vg_pgconn_t *vg_pgconn_connect(uv_loop_t *loop, const vg_pgconn_params_t *p,
 static void went_broken(vg_pgconn_t *c, const char *msg)
 {
     if (!c->fatal_seen || !c->error) set_error(c, msg);
-    c->state = VG_PGCONN_BROKEN;
-    poll_stop(c);
+    set_state(c, VG_PGCONN_BROKEN);
 }
 
 /* Read what the socket holds: notifications, or the end of the connection. */
@@ -587,31 +534,9 @@ static bool result_is_fatal(const PGresult *r)
     return sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
 }
 
-static void finish_query(vg_pgconn_t *c)
+/* The query is over: hand res to whoever waits for it (once). */
+static void deliver(vg_pgconn_t *c, PGresult *res)
 {
-    PGresult *res = c->result;
-    exec_free(c->pending);
-    c->pending = NULL;
-    if (c->exec_slot >= 0 && c->result_is_error && res) {
-        /* The server lost the statement (DEALLOCATE, DISCARD ALL) or will not
-         * run it with a changed result type ("cached plan must not change
-         * result type"): prepare afresh next time. */
-        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        if (st && (strcmp(st, "26000") == 0 || strcmp(st, "0A000") == 0)) stmts_clear(c);
-    }
-    c->exec_slot = -1;
-    c->result = NULL;
-    c->result_is_error = false;
-    c->flushing = false;
-    c->last_used_ms = uv_now(c->loop);
-    if (PQstatus(c->pg) == CONNECTION_BAD || result_is_fatal(res)) {
-        c->state = VG_PGCONN_IDLE; /* so went_broken keeps the message */
-        went_broken(c, res && PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res)
-                                                           : PQerrorMessage(c->pg));
-    } else {
-        c->state = VG_PGCONN_IDLE;
-        poll_set(c, PQsocket(c->pg), UV_READABLE);
-    }
     vg_pgconn_done_fn done = c->on_done;
     void *arg = c->done_arg;
     c->on_done = NULL;
@@ -620,9 +545,38 @@ static void finish_query(vg_pgconn_t *c)
     else PQclear(res);
 }
 
+static void finish_query(vg_pgconn_t *c)
+{
+    PGresult *res = c->result;
+    vg_pgexec_free(c->pending);
+    c->pending = NULL;
+    if (c->exec_slot >= 0 && c->result_is_error && res) {
+        /* The server lost the statement (DEALLOCATE, DISCARD ALL) or will not
+         * run it with a changed result type ("cached plan must not change
+         * result type"): prepare afresh next time. */
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (st && (strcmp(st, "26000") == 0 || strcmp(st, "0A000") == 0))
+            vg_pgstmts_clear(&c->stmts);
+    }
+    if (c->drops_stmts) vg_pgstmts_clear(&c->stmts);
+    c->drops_stmts = false;
+    c->exec_slot = -1;
+    c->result = NULL;
+    c->result_is_error = false;
+    c->flushing = false;
+    c->last_used_ms = uv_now(c->loop);
+    if (PQstatus(c->pg) == CONNECTION_BAD || result_is_fatal(res)) {
+        went_broken(c, res && PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res)
+                                                           : PQerrorMessage(c->pg));
+    } else {
+        set_state(c, VG_PGCONN_IDLE);
+    }
+    deliver(c, res);
+}
+
 /* COPY is not something a script can drive through this API: give up on
- * the connection rather than leave it in a state no one can end. Reported
- * like a lost connection. */
+ * the connection rather than leave it in a state no one can end. The
+ * caller tells it from a lost connection by vg_pgconn_refused_copy(). */
 static void copy_unsupported(vg_pgconn_t *c, PGresult *r)
 {
     PQclear(r);
@@ -632,16 +586,10 @@ static void copy_unsupported(vg_pgconn_t *c, PGresult *r)
     PGresult *err = PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
     set_error(c, "COPY is not supported by db.query");
     c->fatal_seen = true;
-    c->state = VG_PGCONN_BROKEN;
-    poll_close(c); /* before PQfinish closes the socket */
-    PQfinish(c->pg);
-    c->pg = NULL;
-    vg_pgconn_done_fn done = c->on_done;
-    void *arg = c->done_arg;
-    c->on_done = NULL;
-    c->done_arg = NULL;
-    if (done) done(c, err, arg);
-    else PQclear(err);
+    c->refused_copy = true;
+    set_state(c, VG_PGCONN_BROKEN);
+    finish_pg(c);
+    deliver(c, err);
 }
 
 /* The statement of c->pending is prepared (or failed to be): cache it and
@@ -650,24 +598,22 @@ static void copy_unsupported(vg_pgconn_t *c, PGresult *r)
  * execute could not be sent. */
 static bool execute_prepared(vg_pgconn_t *c)
 {
-    struct vg_pgexec *e = c->pending;
+    vg_pgexec_t *e = c->pending;
     c->pending = NULL;
     if (c->result_is_error || !c->result || PQstatus(c->pg) == CONNECTION_BAD ||
-        !c->stmts) {
-        exec_free(e);
+        !vg_pgstmts_has_room(&c->stmts)) {
+        vg_pgexec_free(e);
         return false;
     }
     PQclear(c->result);
     c->result = NULL;
-    int slot = c->n_stmts++;
-    c->stmts[slot] = e->stmt;
-    e->stmt.key = NULL;
+    int slot = vg_pgstmts_add(&c->stmts, &e->stmt);
     c->prepared_total++;
     char name[24];
-    stmt_name(name, sizeof name, c->stmts[slot].id);
+    vg_pgstmt_name(name, sizeof name, c->stmts.slots[slot].id);
     int ok = PQsendQueryPrepared(c->pg, name, e->n, (const char *const *)e->vals, e->lens,
                                  e->fmts, 0);
-    exec_free(e);
+    vg_pgexec_free(e);
     if (!ok) {
         c->result = PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
         c->result_is_error = true;
@@ -702,9 +648,10 @@ static void busy_io(vg_pgconn_t *c, int events)
             copy_unsupported(c, r);
             return;
         }
+        if (drops_statements(r)) c->drops_stmts = true;
         keep_result(c, r);
     }
-    poll_set(c, PQsocket(c->pg), UV_READABLE | (c->flushing ? UV_WRITABLE : 0));
+    set_state(c, VG_PGCONN_BUSY); /* writability only while data is still to go */
 }
 
 int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *types,
@@ -720,30 +667,28 @@ int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *type
     }
     int ok;
     int slot = -1;
-    struct vg_pgexec *pending = NULL;
+    vg_pgexec_t *pending = NULL;
     if (nparams < 0) {
-        if (sql && drops_statements(sql)) stmts_clear(c);
         ok = PQsendQuery(c->pg, sql);
     } else if (!sql) { /* libpq reports it */
         ok = PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
     } else {
-        if (!c->stmts) c->stmts = vg_xcalloc(VG_PGCONN_MAX_STMTS, sizeof *c->stmts);
         size_t klen;
         uint32_t hash;
-        char *key = stmt_key(sql, nparams, types, &klen, &hash);
+        char *key = vg_pgstmt_key(sql, nparams, types, &klen, &hash);
         char name[24];
-        slot = stmt_find(c, key, klen, hash);
+        slot = vg_pgstmts_find(&c->stmts, key, klen, hash);
         if (slot >= 0) {
             free(key);
-            stmt_name(name, sizeof name, c->stmts[slot].id);
+            vg_pgstmt_name(name, sizeof name, c->stmts.slots[slot].id);
             ok = PQsendQueryPrepared(c->pg, name, nparams, values, lengths, formats, 0);
-        } else if (!c->no_prepare && c->n_stmts < VG_PGCONN_MAX_STMTS) {
-            unsigned id = c->next_stmt_id++;
-            stmt_name(name, sizeof name, id);
+        } else if (!c->no_prepare && vg_pgstmts_has_room(&c->stmts)) {
+            unsigned id = c->stmts.next_id++;
+            vg_pgstmt_name(name, sizeof name, id);
             ok = PQsendPrepare(c->pg, name, sql, nparams, types);
             if (ok) {
-                pending = exec_copy(nparams, values, lengths, formats);
-                pending->stmt = (struct vg_pgstmt){key, klen, hash, id};
+                pending = vg_pgexec_copy(nparams, values, lengths, formats);
+                pending->stmt = (vg_pgstmt_t){key, klen, hash, id};
             } else {
                 free(key);
             }
@@ -754,28 +699,23 @@ int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *type
     }
     if (!ok) {
         set_error(c, PQerrorMessage(c->pg));
-        if (PQstatus(c->pg) == CONNECTION_BAD) {
-            c->state = VG_PGCONN_BROKEN;
-            poll_stop(c);
-        }
+        if (PQstatus(c->pg) == CONNECTION_BAD) set_state(c, VG_PGCONN_BROKEN);
         return -1;
     }
-    c->state = VG_PGCONN_BUSY;
     c->on_done = done;
     c->done_arg = arg;
     c->result = NULL;
     c->result_is_error = false;
+    c->refused_copy = false;
     c->pending = pending;
     c->exec_slot = slot;
     int r = PQflush(c->pg);
     c->flushing = r == 1;
-    if (poll_set(c, PQsocket(c->pg), UV_READABLE | (c->flushing ? UV_WRITABLE : 0)) != 0) {
+    if (set_state(c, VG_PGCONN_BUSY) != 0) {
         /* Cannot happen with a valid socket; treat as lost. */
         c->on_done = NULL;
-        poll_close(c);
-        PQfinish(c->pg);
-        c->pg = NULL;
-        c->state = VG_PGCONN_BROKEN;
+        finish_pg(c);
+        set_state(c, VG_PGCONN_BROKEN);
         set_error(c, "could not watch the connection's socket");
         return -1;
     }
@@ -868,19 +808,15 @@ void vg_pgconn_close(vg_pgconn_t *c)
 {
     if (c->state == VG_PGCONN_CLOSED) return;
     bool was_busy = c->state == VG_PGCONN_BUSY;
-    c->state = VG_PGCONN_CLOSED;
+    set_state(c, VG_PGCONN_CLOSED); /* closes the poll handle */
     if (c->gai_pending) uv_cancel((uv_req_t *)&c->gai);
     uv_close((uv_handle_t *)&c->timer, on_timer_closed);
-    poll_close(c); /* before PQfinish closes the socket */
-    if (c->pg) {
-        PQfinish(c->pg);
-        c->pg = NULL;
-    }
+    finish_pg(c);
     PQclear(c->result);
     c->result = NULL;
-    exec_free(c->pending);
+    vg_pgexec_free(c->pending);
     c->pending = NULL;
-    stmts_clear(c); /* the session is gone, and its statements with it */
+    vg_pgstmts_clear(&c->stmts); /* the session is gone, and its statements with it */
     if (!c->error) set_error(c, "the connection was closed");
     vg_pgconn_done_fn done = c->on_done;
     void *arg = c->done_arg;
@@ -915,96 +851,14 @@ PGTransactionStatusType vg_pgconn_tx_status(const vg_pgconn_t *c)
     return c->pg ? PQtransactionStatus(c->pg) : PQTRANS_UNKNOWN;
 }
 
-/* ---- messages for people ------------------------------------------------------ */
+vg_pgconn_state_t vg_pgconn_state(const vg_pgconn_t *c) { return c->state; }
 
-/* Copy the text between the first pair of double quotes after key. */
-static void quoted_after(const char *msg, const char *key, char *out, size_t size)
-{
-    out[0] = '\0';
-    const char *p = strstr(msg, key);
-    if (!p) return;
-    const char *q = strchr(p, '"');
-    if (!q) return;
-    const char *e = strchr(q + 1, '"');
-    if (!e) return;
-    size_t n = (size_t)(e - q - 1);
-    if (n >= size) n = size - 1;
-    memcpy(out, q + 1, n);
-    out[n] = '\0';
-}
+vg_pgconn_owner_t *vg_pgconn_owner(vg_pgconn_t *c) { return &c->own; }
 
-const char *vg_pgconn_explain(const char *msg, char *buf, size_t size, const char **kind)
-{
-    char name[128], first[256];
-    const char *k = "other";
-    if (!msg) msg = "";
-    size_t fl = strcspn(msg, "\n");
-    if (fl >= sizeof first) fl = sizeof first - 1;
-    memcpy(first, msg, fl);
-    first[fl] = '\0';
-    if (strstr(msg, "password authentication failed")) {
-        quoted_after(msg, "for user", name, sizeof name);
-        snprintf(buf, size, "wrong password for user \"%s\": check the password in DATABASE_URL",
-                 name);
-        k = "auth";
-    } else if (strstr(msg, "no password supplied")) {
-        snprintf(buf, size, "the server asks for a password and DATABASE_URL has none");
-        k = "auth";
-    } else if (strstr(msg, "pg_hba.conf")) {
-        snprintf(buf, size, "the server does not accept this client (no pg_hba.conf entry for "
-                            "this host, user, database or SSL mode)");
-        k = "auth";
-    } else if (strstr(msg, "database \"") && strstr(msg, "does not exist")) {
-        quoted_after(msg, "database", name, sizeof name);
-        snprintf(buf, size, "database \"%s\" does not exist on the server: check the database "
-                            "name in DATABASE_URL", name);
-        k = "no_database";
-    } else if (strstr(msg, "role \"") && strstr(msg, "does not exist")) {
-        quoted_after(msg, "role", name, sizeof name);
-        snprintf(buf, size, "user \"%s\" does not exist on the server: check the user name in "
-                            "DATABASE_URL", name);
-        k = "no_role";
-    } else if (strstr(msg, "Connection refused") ||
-               (strstr(msg, "No such file or directory") && strstr(msg, "socket"))) {
-        snprintf(buf, size, "connection refused: nothing listens at that address (is "
-                            "PostgreSQL running, and are host and port right?)");
-        k = "refused";
-    } else if (strstr(msg, "could not translate host name") ||
-               strstr(msg, "Name or service not known")) {
-        quoted_after(msg, "host name", name, sizeof name);
-        snprintf(buf, size, "unknown host \"%s\": the name does not resolve (check the host in "
-                            "DATABASE_URL)", name);
-        k = "unknown_host";
-    } else if (strstr(msg, "timeout expired") || strstr(msg, "timed out")) {
-        snprintf(buf, size, "no answer from the server within the connect timeout (wrong host, "
-                            "firewall, or the server is overloaded)");
-        k = "timeout";
-    } else if (strstr(msg, "invalid connection option") || strstr(msg, "invalid URI") ||
-               strstr(msg, "invalid integer value") || strstr(msg, "invalid port") ||
-               strstr(msg, "missing \"=\"") || strstr(msg, "unterminated quoted string") ||
-               strstr(msg, "invalid percent-encoded") || strstr(msg, "invalid sslmode") ||
-               strstr(msg, "invalid value for parameter")) {
-        snprintf(buf, size, "DATABASE_URL is not valid: %s", first);
-        k = "bad_url";
-    } else if (strstr(msg, "starting up") || strstr(msg, "shutting down") ||
-               strstr(msg, "in recovery mode") || strstr(msg, "not yet accepting")) {
-        snprintf(buf, size, "the database server is starting up or shutting down");
-        k = "starting_up";
-    } else if (strstr(msg, "too many connections") || strstr(msg, "connection slots")) {
-        snprintf(buf, size, "the server has no free connection slots (max_connections "
-                            "reached)");
-        k = "too_many";
-    } else {
-        snprintf(buf, size, "%s", first); /* libpq's own message, first line only */
-    }
-    if (kind) *kind = k;
-    return buf;
-}
+uint64_t vg_pgconn_last_used_ms(const vg_pgconn_t *c) { return c->last_used_ms; }
 
-bool vg_pg_sqlstate_retriable(const char *s)
-{
-    if (!s || strlen(s) != 5) return false;
-    return strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0 || strncmp(s, "08", 2) == 0 ||
-           strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 ||
-           strcmp(s, "53300") == 0;
-}
+void vg_pgconn_set_prepare(vg_pgconn_t *c, bool prepare) { c->no_prepare = !prepare; }
+
+uint64_t vg_pgconn_prepared_total(const vg_pgconn_t *c) { return c->prepared_total; }
+
+bool vg_pgconn_refused_copy(const vg_pgconn_t *c) { return c->refused_copy; }

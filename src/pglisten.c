@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "vg/buf.h"
+#include "vg/util.h"
 #include "vg/log.h"
 
 #define NOTIFY_QUEUE_MAX 10000
@@ -162,7 +163,7 @@ static void listener_lost(vg_pglistener_t *l, const char *why)
     l->reconnecting = true;
     if (l->n_channels > 0 || l->cmd_head) {
         uv_timer_start(&l->retry, on_listen_retry, (uint64_t)(l->backoff * 1000), 0);
-        l->backoff = l->backoff * 2 > 5.0 ? 5.0 : l->backoff * 2;
+        l->backoff = l->backoff * 2 > VG_PG_BACKOFF_MAX ? VG_PG_BACKOFF_MAX : l->backoff * 2;
     }
     listener_update_ref(l);
 }
@@ -174,7 +175,7 @@ static void on_listen_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
         /* The back-off starts again once the on-connect statement, if
          * any, has succeeded too: one that keeps failing is retried at
          * the back-off's pace, not at every connect. */
-        if (!l->oc_sql) l->backoff = 0.2;
+        if (!l->oc_sql) l->backoff = VG_PG_BACKOFF_FIRST;
         l->need_on_connect = l->oc_sql != NULL;
         l->resubscribe = l->n_channels > 0;
         listener_kick(l);
@@ -188,6 +189,9 @@ static void on_listen_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
         char human[512];
         vg_pgconn_explain(why, human, sizeof human, NULL);
         while (l->cmd_head) cmd_finish(l, human);
+        /* Nothing will arrive on a connection that is not retried: tasks
+         * waiting for a notification go and look for work themselves. */
+        wake_all_waiters(l);
         listener_update_ref(l);
     } else if (ev == VG_PGCONN_EV_CONNECT_FAILED) {
         char human[512];
@@ -219,7 +223,7 @@ static void on_listen_done(vg_pgconn_t *c, PGresult *res, void *arg)
     int sending = l->sending;
     l->busy = false;
     l->sending = SEND_NONE;
-    if (c->state != VG_PGCONN_IDLE) {
+    if (vg_pgconn_state(c) != VG_PGCONN_IDLE) {
         listener_lost(l, err ? err : vg_pgconn_error(c));
     } else if (sending == SEND_ON_CONNECT && err && l->established) {
         /* After a reconnection: the session is not what the caller asked
@@ -232,7 +236,7 @@ static void on_listen_done(vg_pgconn_t *c, PGresult *res, void *arg)
         listener_lost(l, err);
     } else if (sending == SEND_ON_CONNECT) {
         l->need_on_connect = false;
-        if (!err) l->backoff = 0.2;
+        if (!err) l->backoff = VG_PG_BACKOFF_FIRST;
         if (err) {
             /* The first connection: whoever waits for a LISTEN behind it
              * learns why (a mistake in the statement shows at once). */
@@ -287,7 +291,7 @@ static void listener_kick(vg_pglistener_t *l)
             listener_connect(l);
         return;
     }
-    if (l->c->state != VG_PGCONN_IDLE) return;
+    if (vg_pgconn_state(l->c) != VG_PGCONN_IDLE) return;
     if (l->need_on_connect && l->oc_sql) {
         listener_send(l, SEND_ON_CONNECT, l->oc_sql, l->oc_n,
                       (const char *const *)l->oc_vals);
@@ -311,31 +315,16 @@ static void on_listen_retry(uv_timer_t *h)
     if (!l->closed && !l->c) listener_connect(l);
 }
 
-static char **copy_strv(const char *const *v)
-{
-    size_t n = 0;
-    while (v[n]) n++;
-    char **out = vg_xcalloc(n + 1, sizeof *out);
-    for (size_t i = 0; i < n; i++) out[i] = vg_xstrdup(v[i]);
-    return out;
-}
-
-static void free_strv(char **v)
-{
-    for (size_t i = 0; v && v[i]; i++) free(v[i]);
-    free(v);
-}
-
 vg_pglistener_t *vg_pglistener_new(uv_loop_t *loop, const vg_pgconn_params_t *params,
                                    const char *describe)
 {
     vg_pglistener_t *l = vg_xcalloc(1, sizeof *l);
     l->loop = loop;
-    l->keys = copy_strv(params->keys);
-    l->vals = copy_strv(params->vals);
+    l->keys = vg_strv_copy(params->keys);
+    l->vals = vg_strv_copy(params->vals);
     l->connect_timeout = params->timeout_s;
     l->describe = vg_xstrdup(describe ? describe : "");
-    l->backoff = 0.2;
+    l->backoff = VG_PG_BACKOFF_FIRST;
     uv_timer_init(loop, &l->retry);
     l->retry.data = l;
     uv_unref((uv_handle_t *)&l->retry);
@@ -419,8 +408,6 @@ void vg_pglistener_unwait(vg_pglistener_t *l, vg_pgwait_t *w)
     listener_update_ref(l);
 }
 
-int vg_pglistener_channels(const vg_pglistener_t *l) { return l->n_channels; }
-
 static void on_connect_free(vg_pglistener_t *l)
 {
     for (int i = 0; i < l->oc_n; i++) free(l->oc_vals[i]);
@@ -470,8 +457,8 @@ void vg_pglistener_close(vg_pglistener_t *l)
 static void on_retry_closed(uv_handle_t *h)
 {
     vg_pglistener_t *l = h->data;
-    free_strv(l->keys);
-    free_strv(l->vals);
+    vg_strv_free(l->keys);
+    vg_strv_free(l->vals);
     free(l->describe);
     free(l);
 }

@@ -11,6 +11,9 @@
 #include "vg/dburl.h"
 #include "vg/log.h"
 
+/* The pool's own fields of a connection. */
+#define O(c) vg_pgconn_owner(c)
+
 /* Pool states of a connection (owner_state). */
 enum {
     CS_NONE = 0,
@@ -71,18 +74,18 @@ static void on_conn_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg);
 
 static void list_push(vg_pgconn_t **head, vg_pgconn_t *c)
 {
-    c->prev = NULL;
-    c->next = *head;
-    if (*head) (*head)->prev = c;
+    O(c)->prev = NULL;
+    O(c)->next = *head;
+    if (*head) O(*head)->prev = c;
     *head = c;
 }
 
 static void list_del(vg_pgconn_t **head, vg_pgconn_t *c)
 {
-    if (c->prev) c->prev->next = c->next;
-    else *head = c->next;
-    if (c->next) c->next->prev = c->prev;
-    c->prev = c->next = NULL;
+    if (O(c)->prev) O(O(c)->prev)->next = O(c)->next;
+    else *head = O(c)->next;
+    if (O(c)->next) O(O(c)->next)->prev = O(c)->prev;
+    O(c)->prev = O(c)->next = NULL;
 }
 
 static int n_open(const vg_pgpool_t *p)
@@ -95,12 +98,12 @@ static int limit(const vg_pgpool_t *p) { return p->cfg.size + p->cfg.max_overflo
 
 static void conn_set_state(vg_pgpool_t *p, vg_pgconn_t *c, int st)
 {
-    if (c->owner_state == CS_IDLE) list_del(&p->idle, c);
-    else if (c->owner_state != CS_NONE) list_del(&p->busy, c);
-    p->n[c->owner_state]--;
-    c->owner_state = st;
+    if (O(c)->state == CS_IDLE) list_del(&p->idle, c);
+    else if (O(c)->state != CS_NONE) list_del(&p->busy, c);
+    p->n[O(c)->state]--;
+    O(c)->state = st;
     p->n[st]++;
-    c->owner_since_ms = uv_now(p->loop);
+    O(c)->since_ms = uv_now(p->loop);
     if (st == CS_IDLE) list_push(&p->idle, c);
     else if (st != CS_NONE) list_push(&p->busy, c);
 }
@@ -132,15 +135,15 @@ static void conn_free(vg_pgpool_t *p, vg_pgconn_t *c)
 /* Close a connection and drop it from the pool. */
 static void discard(vg_pgpool_t *p, vg_pgconn_t *c)
 {
-    if (c->owner_state != CS_CONNECTING) p->closed_total++;
+    if (O(c)->state != CS_CONNECTING) p->closed_total++;
     vg_pgconn_set_done(c, NULL, NULL); /* the pool's own callbacks must not run */
-    if (c->owner_ref && c->owner_state == CS_CONNECTING) { /* a probe */
-        vg_pgpool_probe_t *pr = c->owner_ref;
-        c->owner_ref = NULL;
+    if (O(c)->ref && O(c)->state == CS_CONNECTING) { /* a probe */
+        vg_pgpool_probe_t *pr = O(c)->ref;
+        O(c)->ref = NULL;
         if (pr->cb) pr->cb(pr->arg, "the pool was closed");
         free(pr);
     }
-    if (c->owner_flags & F_CANCEL_INFLIGHT) {
+    if (O(c)->flags & F_CANCEL_INFLIGHT) {
         vg_pgconn_close(c);
         conn_set_state(p, c, CS_FREE_PENDING);
         return;
@@ -164,8 +167,8 @@ static void force_close_out(vg_pgpool_t *p)
 {
     vg_pgconn_t *c = p->busy, *next;
     for (; c; c = next) {
-        next = c->next;
-        if (c->owner_state != CS_OUT) continue;
+        next = O(c)->next;
+        if (O(c)->state != CS_OUT) continue;
         p->forced = true;
         p->closed_total++;
         conn_set_state(p, c, CS_CLOSED_OUT);
@@ -211,14 +214,14 @@ void vg_pgpool_close(vg_pgpool_t *p, double timeout_s, vg_pgpool_closed_fn done,
     while (p->idle) discard(p, p->idle);
     vg_pgconn_t *c = p->busy, *next;
     for (; c; c = next) {
-        next = c->next;
-        if (c->owner_state == CS_PINGING && c->owner_ref) {
-            vg_pgpool_req_t *r = c->owner_ref;
-            c->owner_ref = NULL;
+        next = O(c)->next;
+        if (O(c)->state == CS_PINGING && O(c)->ref) {
+            vg_pgpool_req_t *r = O(c)->ref;
+            O(c)->ref = NULL;
             fail_waiter(r, "pool_closed", "the database pool is closed");
         }
-        if (c->owner_state == CS_CONNECTING || c->owner_state == CS_PINGING ||
-            c->owner_state == CS_RESETTING)
+        if (O(c)->state == CS_CONNECTING || O(c)->state == CS_PINGING ||
+            O(c)->state == CS_RESETTING)
             discard(p, c);
     }
     if (p->listener) vg_pglistener_close(p->listener);
@@ -314,10 +317,10 @@ static void to_idle(vg_pgpool_t *p, vg_pgconn_t *c)
 static void ping_done(vg_pgconn_t *c, PGresult *res, void *arg)
 {
     vg_pgpool_t *p = arg;
-    vg_pgpool_req_t *r = c->owner_ref;
-    c->owner_ref = NULL;
+    vg_pgpool_req_t *r = O(c)->ref;
+    O(c)->ref = NULL;
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-    bool ok = c->state == VG_PGCONN_IDLE && (st == PGRES_EMPTY_QUERY || st == PGRES_COMMAND_OK);
+    bool ok = vg_pgconn_state(c) == VG_PGCONN_IDLE && (st == PGRES_EMPTY_QUERY || st == PGRES_COMMAND_OK);
     PQclear(res);
     if (!ok) {
         vg_log(VG_LOG_DEBUG, "db_connection_stale", VG_F_STR("error", vg_pgconn_error(c)),
@@ -341,21 +344,21 @@ static int prepare(vg_pgpool_t *p, vg_pgconn_t *c, vg_pgpool_req_t *r)
      * syscall per query. (The server can still end a connection at any
      * moment; a query sent on a lost connection fails as connection_lost.) */
     uv_update_time(p->loop); /* the loop's cached time may be old after long Lua work */
-    bool fresh = c->state == VG_PGCONN_IDLE && c->last_used_ms == uv_now(p->loop);
+    bool fresh = vg_pgconn_state(c) == VG_PGCONN_IDLE && vg_pgconn_last_used_ms(c) == uv_now(p->loop);
     if (!fresh && !vg_pgconn_check(c)) {
         vg_log(VG_LOG_DEBUG, "db_connection_stale", VG_F_STR("error", vg_pgconn_error(c)),
                VG_F_STR("check", "socket"), VG_F_END);
         discard(p, c);
         return -1;
     }
-    if (!p->cfg.pre_ping || uv_now(p->loop) - c->last_used_ms <= PING_AFTER_MS) return 1;
+    if (!p->cfg.pre_ping || uv_now(p->loop) - vg_pgconn_last_used_ms(c) <= PING_AFTER_MS) return 1;
     if (vg_pgconn_send(c, ";", -1, NULL, NULL, NULL, NULL, ping_done, p) != 0) {
         discard(p, c);
         return -1;
     }
     p->pings_total++;
     conn_set_state(p, c, CS_PINGING);
-    c->owner_ref = r;
+    O(c)->ref = r;
     r->pinging = c;
     r->queued = false;
     return 0;
@@ -366,9 +369,9 @@ static void open_conn(vg_pgpool_t *p, vg_pgpool_probe_t *probe)
     vg_pgconn_params_t params = {(const char *const *)p->keys, (const char *const *)p->vals,
                                  p->cfg.connect_timeout};
     vg_pgconn_t *c = vg_pgconn_connect(p->loop, &params, on_conn_event, p);
-    c->owner = p;
-    c->no_prepare = !p->cfg.prepare;
-    c->owner_ref = probe;
+    O(c)->owner = p;
+    vg_pgconn_set_prepare(c, p->cfg.prepare);
+    O(c)->ref = probe;
     p->n_conns++;
     conn_set_state(p, c, CS_CONNECTING);
 }
@@ -464,7 +467,7 @@ void vg_pgpool_cancel(vg_pgpool_t *p, vg_pgpool_req_t *r)
 {
     if (r->queued) waiter_unlink(p, r);
     if (r->pinging) { /* the ping goes on; its connection then goes idle */
-        r->pinging->owner_ref = NULL;
+        O(r->pinging)->ref = NULL;
         r->pinging = NULL;
     }
 }
@@ -476,18 +479,18 @@ static void reset_next(vg_pgpool_t *p, vg_pgconn_t *c);
 static void reset_done(vg_pgconn_t *c, PGresult *res, void *arg)
 {
     PQclear(res);
-    c->owner_flags &= ~(unsigned)F_RESULT_PENDING;
+    O(c)->flags &= ~(unsigned)F_RESULT_PENDING;
     reset_next(arg, c);
 }
 
 static void cancel_done(void *arg)
 {
     vg_pgconn_t *c = arg;
-    vg_pgpool_t *p = c->owner;
-    c->owner_flags &= ~(unsigned)F_CANCEL_INFLIGHT;
+    vg_pgpool_t *p = O(c)->owner;
+    O(c)->flags &= ~(unsigned)F_CANCEL_INFLIGHT;
     p->cancels--;
-    if (c->owner_state == CS_FREE_PENDING) conn_free(p, c);
-    else if (c->owner_state == CS_RESETTING) reset_next(p, c);
+    if (O(c)->state == CS_FREE_PENDING) conn_free(p, c);
+    else if (O(c)->state == CS_RESETTING) reset_next(p, c);
     else pool_maybe_free(p);
 }
 
@@ -495,8 +498,8 @@ static void cancel_done(void *arg)
  * results and the cancel request, then roll back an open transaction. */
 static void reset_next(vg_pgpool_t *p, vg_pgconn_t *c)
 {
-    if (c->owner_flags & (F_RESULT_PENDING | F_CANCEL_INFLIGHT)) return;
-    if (c->state != VG_PGCONN_IDLE) {
+    if (O(c)->flags & (F_RESULT_PENDING | F_CANCEL_INFLIGHT)) return;
+    if (vg_pgconn_state(c) != VG_PGCONN_IDLE) {
         discard(p, c);
         dispatch(p);
         return;
@@ -506,13 +509,13 @@ static void reset_next(vg_pgpool_t *p, vg_pgconn_t *c)
         to_idle(p, c);
         return;
     }
-    if ((c->owner_flags & F_ROLLED_BACK) ||
+    if ((O(c)->flags & F_ROLLED_BACK) ||
         vg_pgconn_send(c, "ROLLBACK", -1, NULL, NULL, NULL, NULL, reset_done, p) != 0) {
         discard(p, c);
         dispatch(p);
         return;
     }
-    c->owner_flags |= F_ROLLED_BACK | F_RESULT_PENDING;
+    O(c)->flags |= F_ROLLED_BACK | F_RESULT_PENDING;
 }
 
 static void on_reaper(uv_timer_t *h)
@@ -521,8 +524,8 @@ static void on_reaper(uv_timer_t *h)
     uint64_t now = uv_now(p->loop);
     vg_pgconn_t *c = p->busy, *next;
     for (; c; c = next) {
-        next = c->next;
-        if (c->owner_state == CS_RESETTING && now - c->owner_since_ms > RESET_DEADLINE_MS) {
+        next = O(c)->next;
+        if (O(c)->state == CS_RESETTING && now - O(c)->since_ms > RESET_DEADLINE_MS) {
             vg_log(VG_LOG_WARNING, "db_connection_reset_timeout",
                    VG_F_INT("pid", vg_pgconn_pid(c)), VG_F_END);
             discard(p, c);
@@ -535,12 +538,12 @@ static void on_reaper(uv_timer_t *h)
 static void reset_begin(vg_pgpool_t *p, vg_pgconn_t *c)
 {
     conn_set_state(p, c, CS_RESETTING);
-    c->owner_flags &= ~(unsigned)(F_ROLLED_BACK | F_RESULT_PENDING);
-    if (c->state == VG_PGCONN_BUSY) {
+    O(c)->flags &= ~(unsigned)(F_ROLLED_BACK | F_RESULT_PENDING);
+    if (vg_pgconn_state(c) == VG_PGCONN_BUSY) {
         vg_pgconn_set_done(c, reset_done, p);
-        c->owner_flags |= F_RESULT_PENDING;
+        O(c)->flags |= F_RESULT_PENDING;
         if (vg_pgconn_cancel(c, cancel_done, c) == 0) {
-            c->owner_flags |= F_CANCEL_INFLIGHT;
+            O(c)->flags |= F_CANCEL_INFLIGHT;
             p->cancels++;
         }
     }
@@ -551,21 +554,21 @@ static void reset_begin(vg_pgpool_t *p, vg_pgconn_t *c)
 
 void vg_pgpool_release(vg_pgpool_t *p, vg_pgconn_t *c)
 {
-    if (c->owner_state == CS_CLOSED_OUT) {
+    if (O(c)->state == CS_CLOSED_OUT) {
         conn_free(p, c);
         return;
     }
-    if (c->owner_state != CS_OUT) return;
+    if (O(c)->state != CS_OUT) return;
     if (p->closing) {
         vg_pgconn_set_done(c, NULL, NULL);
         discard(p, c);
         maybe_finish_close(p);
         return;
     }
-    if (c->state == VG_PGCONN_BUSY || (c->state == VG_PGCONN_IDLE &&
+    if (vg_pgconn_state(c) == VG_PGCONN_BUSY || (vg_pgconn_state(c) == VG_PGCONN_IDLE &&
                                        vg_pgconn_tx_status(c) != PQTRANS_IDLE)) {
         reset_begin(p, c);
-    } else if (c->state == VG_PGCONN_IDLE) {
+    } else if (vg_pgconn_state(c) == VG_PGCONN_IDLE) {
         to_idle(p, c);
     } else {
         discard(p, c);
@@ -589,10 +592,10 @@ static void log_connect_failed(vg_pgpool_t *p, const char *msg)
 static void on_conn_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
 {
     vg_pgpool_t *p = arg;
-    vg_pgpool_probe_t *probe = c->owner_state == CS_CONNECTING ? c->owner_ref : NULL;
+    vg_pgpool_probe_t *probe = O(c)->state == CS_CONNECTING ? O(c)->ref : NULL;
     switch (ev) {
     case VG_PGCONN_EV_CONNECTED:
-        c->owner_ref = NULL;
+        O(c)->ref = NULL;
         p->opened_total++;
         vg_log(VG_LOG_DEBUG, "db_connection_opened", VG_F_INT("pid", vg_pgconn_pid(c)),
                VG_F_INT("open", n_open(p)), VG_F_END);
@@ -603,7 +606,7 @@ static void on_conn_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
         to_idle(p, c);
         break;
     case VG_PGCONN_EV_CONNECT_FAILED: {
-        c->owner_ref = NULL;
+        O(c)->ref = NULL;
         p->failed_total++;
         char *msg = vg_xstrdup(vg_pgconn_error(c));
         discard(p, c);
@@ -629,7 +632,7 @@ static void on_conn_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
     case VG_PGCONN_EV_BROKEN:
         /* Only idle sockets report this; a checked-out connection finds out
          * at its next query. */
-        if (c->owner_state == CS_IDLE) {
+        if (O(c)->state == CS_IDLE) {
             vg_log(VG_LOG_DEBUG, "db_connection_lost", VG_F_STR("error", vg_pgconn_error(c)),
                    VG_F_END);
             discard(p, c);
@@ -787,9 +790,9 @@ void vg_pgpool_stats(const vg_pgpool_t *p, vg_pgpool_stats_t *s)
     s->failed_total = p->failed_total;
     s->pings_total = p->pings_total;
     s->prepared_total = p->prepared_gone;
-    for (const vg_pgconn_t *c = p->idle; c; c = c->next)
+    for (vg_pgconn_t *c = p->idle; c; c = O(c)->next)
         s->prepared_total += (long long)vg_pgconn_prepared_total(c);
-    for (const vg_pgconn_t *c = p->busy; c; c = c->next)
+    for (vg_pgconn_t *c = p->busy; c; c = O(c)->next)
         s->prepared_total += (long long)vg_pgconn_prepared_total(c);
 }
 

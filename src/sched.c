@@ -1,6 +1,7 @@
 /* The scheduler: tasks (Lua coroutines), the ready queue, waits, timeouts,
  * cancellation and the shutdown sequence. This is the only place that calls
- * lua_resume. libuv callbacks only record results and call vg_task_wake(). */
+ * lua_resume. libuv callbacks only record results and call vg_task_wake().
+ * The Lua API over it (task methods, events, sleep, spawn) is src/l_vg.c. */
 #include "vg/sched.h"
 #include "vg/sched_host.h"
 
@@ -13,8 +14,7 @@
 #include "vg/err.h"
 #include "vg/host_exit.h"
 #include "vg/log.h"
-
-#define TASK_MT "vg.Task"
+#include "vg/lstack.h"
 
 /* Uservalues of a task's full userdata. */
 enum { UV_THREAD = 1, UV_RESULT = 2, UV_CONTEXT = 3, UV_COUNT = 3 };
@@ -125,6 +125,13 @@ vg_task_t *vg_task_current(lua_State *L)
     if (!t || t->co != L || t->state != T_RUNNING)
         luaL_error(L, "this call waits, so it must run in a vg task (not in the main "
                       "state, a nested coroutine, a metamethod or a require)");
+    /* Checked before anything is started: a wait that could not yield
+     * would leave its operation (a connection, a timer) behind. */
+    if (!lua_isyieldable(L))
+        luaL_error(L, "this call waits, and it cannot wait here: it runs inside a C call "
+                      "that cannot yield (a require'd module's top level, a table.sort "
+                      "comparator, a string.gsub callback, a metamethod such as "
+                      "__tostring)");
     return t;
 }
 
@@ -296,6 +303,10 @@ static void cancel_all(void);
 static void task_finish(vg_task_t *t, bool ok, int nres)
 {
     lua_State *L = S.L;
+    /* The main state is nearly empty here; what follows needs a handful of
+     * slots, never nres of them (results move one at a time). */
+    lua_checkstack(L, LUA_MINSTACK);
+    VG_STACK_MARK(L);
     int top = lua_gettop(L);
     push_task(L, t);
     int ud = lua_gettop(L);
@@ -303,8 +314,10 @@ static void task_finish(vg_task_t *t, bool ok, int nres)
     if (ok) {
         lua_createtable(L, nres, 1);
         int res = lua_gettop(L);
-        lua_xmove(t->co, L, nres);
-        for (int i = nres; i >= 1; i--) lua_rawseti(L, res, i);
+        for (int i = nres; i >= 1; i--) {
+            lua_xmove(t->co, L, 1);
+            lua_rawseti(L, res, i);
+        }
         lua_pushinteger(L, nres);
         lua_setfield(L, res, "n");
         lua_setiuservalue(L, ud, UV_RESULT);
@@ -344,6 +357,7 @@ static void task_finish(vg_task_t *t, bool ok, int nres)
     lua_setiuservalue(L, ud, UV_THREAD);
     t->co = NULL;
     lua_settop(L, top);
+    VG_STACK_CHECK(L, 0);
 
     live_unlink(t);
     waitlist_wake_all(&t->joiners);
@@ -458,12 +472,18 @@ static void on_idle(uv_idle_t *h)
 vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
 {
     luaL_checktype(L, -nargs - 1, LUA_TFUNCTION);
+    luaL_checkstack(L, 6, "spawning a task");
+    VG_STACK_MARK(L);
     vg_task_t *t = lua_newuserdatauv(L, sizeof *t, UV_COUNT);
     memset(t, 0, sizeof *t);
-    luaL_setmetatable(L, TASK_MT);
+    luaL_setmetatable(L, VG_TASK_MT);
     int ud = lua_gettop(L);
     lua_State *co = lua_newthread(L);
     lua_setiuservalue(L, ud, UV_THREAD);
+    /* Room for the function and its arguments before anything is linked:
+     * on failure the unanchored userdata and thread are simply collected. */
+    if (!lua_checkstack(co, nargs + 1 + LUA_MINSTACK))
+        luaL_error(L, "too many arguments for a task (%d)", nargs);
     *(vg_task_t **)lua_getextraspace(co) = t;
     /* Move the function and arguments (below the userdata) to co. */
     lua_rotate(L, ud - nargs - 1, 1); /* userdata below fn+args */
@@ -502,6 +522,7 @@ vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
     if (is_main) S.main_task = t;
     if (S.grace_over && !is_main) t->cancel_pending = true;
     ready_push(t);
+    VG_STACK_CHECK(L, -nargs); /* fn and args replaced by the handle */
     return t;
 }
 
@@ -536,9 +557,11 @@ void vg_task_set_log_context(vg_task_t *t, char *fragment)
 
 void vg_task_push_context(lua_State *L, vg_task_t *t)
 {
+    VG_STACK_MARK(L);
     push_task(L, t);
     lua_getiuservalue(L, -1, UV_CONTEXT);
     lua_remove(L, -2);
+    VG_STACK_CHECK(L, 1);
 }
 
 /* ---- shutdown --------------------------------------------------------- */
@@ -623,233 +646,56 @@ void vg_sched_shutdown(const char *signame)
     uv_timer_start(&S.grace, on_grace_timeout, ms, 0);
 }
 
-/* ---- the Lua side of tasks -------------------------------------------- */
+/* ---- what the bindings (src/l_vg.c) read ------------------------------ */
 
-static vg_task_t *check_task(lua_State *L, int idx)
+bool vg_task_done(const vg_task_t *t) { return t->state == T_DONE; }
+
+const char *vg_task_status(const vg_task_t *t)
 {
-    return luaL_checkudata(L, idx, TASK_MT);
+    if (t->state != T_DONE) return "running";
+    return t->cancelled ? "cancelled" : t->failed ? "failed" : "completed";
 }
 
-/* Results of a finished task: its return values, or its error re-raised. */
-static int push_results(lua_State *L, int idx)
-{
-    vg_task_t *t = check_task(L, idx);
-    (void)t;
-    lua_getiuservalue(L, idx, UV_RESULT);
-    int res = lua_gettop(L);
-    lua_getfield(L, res, "error");
-    if (!lua_isnil(L, -1)) {
-        /* Unwrap the error value; keep tables (error objects) as they are. */
-        return lua_error(L);
-    }
-    lua_pop(L, 1);
-    lua_getfield(L, res, "n");
-    int n = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    luaL_checkstack(L, n, "too many results");
-    for (int i = 1; i <= n; i++) lua_rawgeti(L, res, i);
-    return n;
-}
-
-static int join_k(lua_State *L, int status, lua_KContext ctx)
-{
-    vg_wake_t why = vg_task_woken(L);
-    if (why == VG_WAKE_TIMEOUT) {
-        lua_pushnil(L);
-        vg_err_push(L, "timeout", true, "join timed out");
-        return 2;
-    }
-    return push_results(L, 1);
-}
-
-/* task:join([timeout]) -> results of the task, or raises its error. */
-static int l_task_join(lua_State *L)
-{
-    vg_task_t *target = check_task(L, 1);
-    double timeout = luaL_optnumber(L, 2, -1);
-    lua_settop(L, 1);
-    if (target->state == T_DONE) return push_results(L, 1);
-    vg_task_t *self = vg_task_current(L);
-    if (self == target) return luaL_error(L, "a task cannot join itself");
-    waitlist_add(&target->joiners, self);
-    vg_task_wait(self, 0, timeout, waitlist_remove, self);
-    vg_task_wait_label(self, "join");
-    return vg_task_yield(L, 0, join_k);
-}
-
-static int l_task_cancel(lua_State *L)
-{
-    vg_task_t *t = check_task(L, 1);
-    if (t->state == T_DONE) {
-        lua_pushboolean(L, 0);
-        return 1;
-    }
-    vg_task_cancel(t);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static int l_task_done(lua_State *L)
-{
-    lua_pushboolean(L, check_task(L, 1)->state == T_DONE);
-    return 1;
-}
-
-static int l_task_status(lua_State *L)
-{
-    vg_task_t *t = check_task(L, 1);
-    const char *s = "running";
-    if (t->state == T_DONE) s = t->cancelled ? "cancelled" : t->failed ? "failed" : "completed";
-    lua_pushstring(L, s);
-    return 1;
-}
-
-static int l_task_id(lua_State *L)
-{
-    lua_pushinteger(L, check_task(L, 1)->id);
-    return 1;
-}
-
-static int l_task_tostring(lua_State *L)
-{
-    vg_task_t *t = check_task(L, 1);
-    lua_pushfstring(L, "vg.Task(%I)", (lua_Integer)t->id);
-    return 1;
-}
-
-static const luaL_Reg task_methods[] = {
-    {"join", l_task_join},     {"cancel", l_task_cancel}, {"done", l_task_done},
-    {"status", l_task_status}, {"id", l_task_id},         {NULL, NULL},
-};
-
-/* ---- events ----------------------------------------------------------- */
-
-#define EVENT_MT "vg.Event"
-
-typedef struct {
-    bool set;
-    vg_task_t *waiters;
-} event_t;
-
-static int l_event_set(lua_State *L)
-{
-    event_t *e = luaL_checkudata(L, 1, EVENT_MT);
-    e->set = true;
-    waitlist_wake_all(&e->waiters);
-    return 0;
-}
-
-static int l_event_clear(lua_State *L)
-{
-    ((event_t *)luaL_checkudata(L, 1, EVENT_MT))->set = false;
-    return 0;
-}
-
-static int l_event_is_set(lua_State *L)
-{
-    lua_pushboolean(L, ((event_t *)luaL_checkudata(L, 1, EVENT_MT))->set);
-    return 1;
-}
-
-static int event_wait_k(lua_State *L, int status, lua_KContext ctx)
-{
-    vg_task_woken(L);
-    lua_pushboolean(L, ((event_t *)lua_touserdata(L, 1))->set);
-    return 1;
-}
-
-/* ev:wait([timeout [, {interruptible=false}]]) -> true when the event is
- * set, false on timeout or shutdown. */
-static int l_event_wait(lua_State *L)
-{
-    event_t *e = luaL_checkudata(L, 1, EVENT_MT);
-    double timeout = luaL_optnumber(L, 2, -1);
-    unsigned flags = VG_WAIT_INTERRUPTIBLE;
-    if (lua_istable(L, 3)) {
-        lua_getfield(L, 3, "interruptible");
-        if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) flags = 0;
-        lua_pop(L, 1);
-    }
-    lua_settop(L, 1);
-    if (e->set) {
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    vg_task_t *t = vg_task_current(L);
-    waitlist_add(&e->waiters, t);
-    vg_task_wait(t, flags, timeout, waitlist_remove, t);
-    vg_task_wait_label(t, "event");
-    return vg_task_yield(L, 0, event_wait_k);
-}
-
-static const luaL_Reg event_methods[] = {
-    {"set", l_event_set}, {"clear", l_event_clear}, {"is_set", l_event_is_set},
-    {"wait", l_event_wait}, {NULL, NULL},
-};
-
-/* vg.event() -> an event tasks can wait on until another task sets it. */
-int vg_sched_l_event(lua_State *L)
-{
-    event_t *e = lua_newuserdatauv(L, sizeof *e, 0);
-    e->set = false;
-    e->waiters = NULL;
-    luaL_setmetatable(L, EVENT_MT);
-    return 1;
-}
-
-/* ---- sleep ------------------------------------------------------------ */
-
-static int sleep_k(lua_State *L, int status, lua_KContext ctx)
-{
-    vg_wake_t why = vg_task_woken(L);
-    lua_pushboolean(L, why != VG_WAKE_INTERRUPTED);
-    return 1;
-}
-
-/* vg.sleep(seconds [, {interruptible=false}]) -> true when it slept the
- * whole time, false when shutdown interrupted it. */
-int vg_sched_l_sleep(lua_State *L)
-{
-    double s = luaL_checknumber(L, 1);
-    luaL_argcheck(L, s >= 0 && s == s, 1, "seconds must be a non-negative number");
-    unsigned flags = VG_WAIT_INTERRUPTIBLE;
-    if (lua_istable(L, 2)) {
-        lua_getfield(L, 2, "interruptible");
-        if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) flags = 0;
-        lua_pop(L, 1);
-    }
-    vg_task_t *t = vg_task_current(L);
-    vg_task_wait(t, flags, s, NULL, NULL);
-    vg_task_wait_label(t, "sleep");
-    return vg_task_yield(L, 0, sleep_k);
-}
-
-int vg_sched_l_spawn(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    vg_task_spawn(L, lua_gettop(L) - 1, false);
-    return 1;
-}
-
-int vg_sched_l_on_shutdown(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, S.on_shutdown_ref);
-    lua_pushvalue(L, 1);
-    lua_rawseti(L, -2, luaL_len(L, -2) + 1);
-    if (S.shutdown) { /* registered late: run it now */
-        lua_pushvalue(L, 1);
-        vg_task_spawn(L, 0, false);
-    }
-    return 0;
-}
-
-int vg_sched_l_current(lua_State *L)
+vg_task_t *vg_task_of(lua_State *L)
 {
     vg_task_t *t = *(vg_task_t **)lua_getextraspace(L);
-    if (!t || t->co != L) return 0;
-    push_task(L, t);
-    return 1;
+    return t && t->co == L ? t : NULL;
+}
+
+void vg_task_push(lua_State *L, vg_task_t *t) { push_task(L, t); }
+
+void vg_task_push_outcome(lua_State *L, int idx)
+{
+    /* From the handle itself: a finished task is no longer anchored. */
+    lua_getiuservalue(L, idx, UV_RESULT);
+}
+
+vg_task_t **vg_task_joiners(vg_task_t *t) { return &t->joiners; }
+
+void vg_task_wait_on(vg_task_t *t, vg_task_t **list, unsigned flags, double timeout_s,
+                     const char *label)
+{
+    waitlist_add(list, t);
+    vg_task_wait(t, flags, timeout_s, waitlist_remove, t);
+    vg_task_wait_label(t, label);
+}
+
+void vg_task_wake_all(vg_task_t **list) { waitlist_wake_all(list); }
+
+void vg_sched_on_shutdown(lua_State *L, int idx)
+{
+    VG_STACK_MARK(L);
+    idx = lua_absindex(L, idx);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S.on_shutdown_ref);
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+    lua_pop(L, 1);
+    if (S.shutdown) { /* registered late: run it now */
+        lua_pushvalue(L, idx);
+        vg_task_spawn(L, 0, false);
+        lua_pop(L, 1);
+    }
+    VG_STACK_CHECK(L, 0);
 }
 
 /* ---- host start and end ----------------------------------------------- */
@@ -873,17 +719,8 @@ void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds)
     uv_unref((uv_handle_t *)&S.grace);
     lua_newtable(L);
     S.on_shutdown_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    if (luaL_newmetatable(L, TASK_MT)) {
-        luaL_newlib(L, task_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_task_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, EVENT_MT)) {
-        luaL_newlib(L, event_methods);
-        lua_setfield(L, -2, "__index");
-    }
+    /* Its methods are set by require "vg" (src/l_vg.c). */
+    luaL_newmetatable(L, VG_TASK_MT);
     lua_pop(L, 1);
 }
 
@@ -912,4 +749,3 @@ int vg_sched_run(void)
     return S.exit_code;
 }
 
-int vg_sched_exit_code(void) { return S.exit_code; }

@@ -10,8 +10,8 @@
 /* Metatable of db.bytea(s) markers: {s} sent as binary bytea. */
 #define VG_L_DB_BYTEA_MT "vg.db.bytea"
 
-/* libpq's parameter arrays. Strings point into the Lua stack, so build the
- * parameters, send, and free them in the same C call. */
+/* libpq's parameter arrays. Strings point into the Lua stack, so free them
+ * before the call that built them returns (its yields are fine). */
 typedef struct {
     int n;
     const char **vals;
@@ -23,12 +23,13 @@ typedef struct {
 /* Find cjson.decode (for json/jsonb results); once, at module open. */
 void vg_l_db_types_init(lua_State *L);
 
-/* Raise an argument error for a value that cannot be a parameter (each of
- * the arguments first..top): before anything is sent. */
-void vg_l_db_check_params(lua_State *L, int first);
-/* nil/db.null -> NULL; booleans; integers; floats (NaN, Infinity); strings
- * (text, or bytea in binary when not valid UTF-8, e.g. a zero byte);
- * db.bytea(s) -> bytea; tables -> JSON text. */
+/* The arguments first..top as parameters, encoded strictly (STYLE.md,
+ * convention 14): nil/db.null -> NULL; booleans; integers; floats (NaN,
+ * Infinity); strings -> text, which must be valid UTF-8 with no zero byte;
+ * db.bytea(s) -> bytea (binary); tables -> JSON text
+ * (vg_l_json_encode_strict). Anything else, or a value these rules refuse,
+ * raises an argument error, with nothing left allocated: call it before
+ * taking a connection. */
 void vg_l_db_build_params(lua_State *L, int first, vg_l_db_params_t *p);
 void vg_l_db_free_params(vg_l_db_params_t *p);
 

@@ -34,6 +34,13 @@ const char *vg_log_level_name(vg_log_level_t level);
  * members, each preceded by a comma (e.g. ,"correlation_id":"42"), or
  * NULL. The scheduler sets it whenever it switches task. */
 void vg_log_set_context(const char *fragment);
+/* Called first thing in main: make sure descriptors 0, 1 and 2 are open.
+ * A closed one would be reused by the next file opened (libuv's own
+ * descriptors, sockets): log lines would go into it, and libuv aborts when
+ * it closes a descriptor below 3. A closed stdout gets a copy of stderr, so
+ * the log goes there; a closed stdin or stderr (or stdout with stderr
+ * closed too) gets /dev/null. Returns true when stdout now is stderr. */
+bool vg_log_guard_fds(void);
 /* Where lines go: stdout by default; admin commands whose stdout is their
  * result send the log to stderr. */
 void vg_log_set_fd(int fd);
@@ -52,5 +59,9 @@ void vg_log(vg_log_level_t level, const char *event, ...);
 /* Lower level: write a line whose extra members are already encoded as a
  * fragment of ,"key":value pairs (may be NULL). */
 void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields, size_t len);
+/* The same for fields that already hold the running task's context merged
+ * in (the Lua logger merges context, bound and call fields into one set of
+ * keys): the context fragment is not added again. */
+void vg_log_merged(vg_log_level_t level, const char *event, const char *fields, size_t len);
 
 #endif

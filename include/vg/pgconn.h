@@ -62,58 +62,22 @@ typedef struct {
     double timeout_s;            /* whole attempt, including the DNS lookup */
 } vg_pgconn_params_t;
 
-struct vg_pgconn {
-    /* Owner's fields: the conn never touches them. */
+/* What the owner (the pool or the listener) keeps on each of its
+ * connections; the connection never touches it. */
+typedef struct {
     void *owner;
     vg_pgconn_t *prev, *next;    /* the owner's list */
-    int owner_state;
-    unsigned owner_flags;
-    void *owner_ref;
-    uint64_t owner_since_ms;
-    uint64_t last_used_ms;       /* uv_now() when the last query finished */
-    /* Set by the owner before the first query. */
-    bool no_prepare;             /* send parameterised queries unnamed, as
-                                    through a transaction-mode PgBouncer */
-    /* Read-only for the owner. */
-    vg_pgconn_state_t state;
-    PGconn *pg;
-    /* Private. */
-    uv_loop_t *loop;
-    uv_poll_t *poll;             /* malloc'd: a socket change needs a new one */
-    int poll_fd;
-    int poll_events;
-    uv_timer_t timer;            /* connect timeout */
-    uv_getaddrinfo_t gai;
-    bool gai_pending;
-    bool keep_loop;
-    bool fatal_seen;             /* the server sent FATAL while we were idle */
-    bool fail_pending;           /* a failure found at start, reported by the timer */
-    bool flushing;               /* query data still to be sent */
-    bool freeing;                /* vg_pgconn_free() was called */
-    int handles_open;            /* timer + poll + gai still to be closed */
-    char **keys, **vals;         /* connection parameters (copies) */
-    char *error;                 /* why the connection failed or broke */
-    vg_pgconn_event_fn on_event;
-    void *event_arg;
-    vg_pgconn_done_fn on_done;
-    void *done_arg;
-    vg_pgconn_notify_fn on_notify;
-    void *notify_arg;
-    PGresult *result;            /* accumulating while BUSY */
-    bool result_is_error;
-    /* Server-side prepared statements of this session (see vg_pgconn_send).
-     * The cache lives and dies with the PGconn: a new session starts empty. */
-    struct vg_pgstmt *stmts;     /* VG_PGCONN_MAX_STMTS slots */
-    int n_stmts;
-    unsigned next_stmt_id;       /* names vg_s<N> are never reused */
-    struct vg_pgexec *pending;   /* execute to send once the prepare succeeds */
-    int exec_slot;               /* cache slot of the statement running, or -1 */
-    uint64_t prepared_total;     /* statements this connection has prepared */
-};
+    int state;
+    unsigned flags;
+    void *ref;
+    uint64_t since_ms;
+} vg_pgconn_owner_t;
 
-/* How many statements one connection keeps prepared; when full, further
- * SQL texts use the unnamed statement (parsed and planned every call). */
-#define VG_PGCONN_MAX_STMTS 64
+/* Back-off between connection attempts, in seconds: the first wait, doubled
+ * after each failure up to the last. Shared by the LISTEN connection's
+ * reconnects and pool:wait_ready (lua/vg/db.lua). */
+#define VG_PG_BACKOFF_FIRST 0.2
+#define VG_PG_BACKOFF_MAX 5.0
 
 /* Start connecting; always returns a connection (failures are reported by
  * the CONNECT_FAILED event, never synchronously). */
@@ -156,6 +120,17 @@ void vg_pgconn_close(vg_pgconn_t *c);
 /* Close (if needed) and free once the handles have closed. */
 void vg_pgconn_free(vg_pgconn_t *c);
 
+/* The owner's fields of c. */
+vg_pgconn_owner_t *vg_pgconn_owner(vg_pgconn_t *c);
+vg_pgconn_state_t vg_pgconn_state(const vg_pgconn_t *c);
+/* uv_now() when the last query finished (or the connection opened). */
+uint64_t vg_pgconn_last_used_ms(const vg_pgconn_t *c);
+/* Prepare parameterised statements (the default), or send them unnamed, as
+ * through a transaction-mode PgBouncer. Set before the first query. */
+void vg_pgconn_set_prepare(vg_pgconn_t *c, bool prepare);
+/* Was the last query a COPY, which this API cannot drive? The connection
+ * was then closed (BROKEN), but nothing was lost: report it as such. */
+bool vg_pgconn_refused_copy(const vg_pgconn_t *c);
 /* Message of the last failure (never NULL), e.g. libpq's error text. */
 const char *vg_pgconn_error(const vg_pgconn_t *c);
 /* Server process id of a connected connection, else 0. */

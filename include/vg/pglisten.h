@@ -58,7 +58,6 @@ void vg_pglistener_forget(vg_pglistener_t *l, vg_pglisten_req_t *r);
 vg_pgnotify_t *vg_pglistener_pop(vg_pglistener_t *l);
 void vg_pglistener_wait(vg_pglistener_t *l, vg_pgwait_t *w);
 void vg_pglistener_unwait(vg_pglistener_t *l, vg_pgwait_t *w);
-int vg_pglistener_channels(const vg_pglistener_t *l);
 /* A statement (with n text parameters, NULL for NULL) to run first on every
  * new LISTEN connection, e.g. a session-level advisory lock that other
  * processes read as "this process is alive". Runs now if connected. When

@@ -4,8 +4,10 @@
  * opened lazily; at most size + max_overflow are open (connecting, idle,
  * checked out or being reset all count); a connection returned while more
  * than size are open and nobody waits is closed; waiters are served first
- * come, first served. The wait's time limit (pool_timeout) belongs to the
- * caller, who cancels its request when it expires (vg_pgpool_cancel).
+ * come, first served. The wait's time limit (cfg.pool_timeout) is the
+ * pool's: a request still queued at its deadline fails with the
+ * "pool_timeout" code. A caller that stops waiting for another reason
+ * (cancellation) withdraws its request with vg_pgpool_cancel.
  *
  * Each pooled connection is in one pool state, changed in one place
  * (conn_set_state in pgpool.c):
@@ -61,8 +63,8 @@ typedef struct {
 } vg_pgpool_stats_t;
 
 /* A checkout request. cb runs once from the loop with the connection, or
- * with c NULL and an error code ("connect_failed", "pool_closed") and a
- * message ("pool_timeout" too). Owned by the caller; the pool links it
+ * with c NULL and an error code ("connect_failed", "pool_closed",
+ * "pool_timeout") and a message. Owned by the caller; the pool links it
  * while it waits. */
 typedef struct vg_pgpool_req vg_pgpool_req_t;
 typedef void (*vg_pgpool_acquired_fn)(vg_pgpool_req_t *r, vg_pgconn_t *c, const char *code,

@@ -10,7 +10,6 @@ void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds);
 void vg_sched_set_slice(double seconds);
 /* Run until every task has ended; returns the exit code (0 or 1). */
 int vg_sched_run(void);
-int vg_sched_exit_code(void);
 /* A shutdown signal arrived (first: start the grace; second: skip it). */
 void vg_sched_shutdown(const char *signame);
 
@@ -26,11 +25,28 @@ void vg_task_set_log_context(vg_task_t *t, char *fragment);
 /* Push the task's context table (the bound fields, inherited by spawn). */
 void vg_task_push_context(lua_State *L, vg_task_t *t);
 
-/* Lua functions of the vg module implemented by the scheduler. */
-int vg_sched_l_sleep(lua_State *L);
-int vg_sched_l_spawn(lua_State *L);
-int vg_sched_l_on_shutdown(lua_State *L);
-int vg_sched_l_current(lua_State *L);
-int vg_sched_l_event(lua_State *L);
+/* What the vg module's bindings (src/l_vg.c) need from the scheduler. A
+ * task's handle is a full userdata with metatable VG_TASK_MT; the scheduler
+ * creates it, require "vg" gives it its methods. */
+#define VG_TASK_MT "vg.Task"
+bool vg_task_done(const vg_task_t *t);
+/* "running", "completed", "failed" or "cancelled". */
+const char *vg_task_status(const vg_task_t *t);
+/* The task whose coroutine is L, or NULL (main state, nested coroutine). */
+vg_task_t *vg_task_of(lua_State *L);
+/* Push the task's handle. */
+void vg_task_push(lua_State *L, vg_task_t *t);
+/* Push the outcome of the finished task whose handle is at idx:
+ * {n=, [1..n]=results} or {error=, traceback=}. */
+void vg_task_push_outcome(lua_State *L, int idx);
+/* Wait lists: tasks waiting for something another task does (join, events).
+ * A list is a vg_task_t * head, NULL when empty. */
+vg_task_t **vg_task_joiners(vg_task_t *t);
+void vg_task_wait_on(vg_task_t *t, vg_task_t **list, unsigned flags, double timeout_s,
+                     const char *label);
+void vg_task_wake_all(vg_task_t **list);
+/* Register the function at idx to run as a task of its own at shutdown
+ * (at once when shutdown has begun). */
+void vg_sched_on_shutdown(lua_State *L, int idx);
 
 #endif

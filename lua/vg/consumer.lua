@@ -589,7 +589,9 @@ function Consumer:claim_concurrently(n)
     local ok, rows = pcall(claims[i].join, claims[i])
     if ok then
       for _, t in ipairs(rows) do tasks[#tasks + 1] = t end
-    else
+    elseif vg.is_cancelled(rows) then
+      error(rows, 0) -- this task itself was cancelled
+    elseif not (type(rows) == "table" and rows.code == "task_cancelled") then
       first_err = first_err or rows
     end
   end

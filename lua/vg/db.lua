@@ -1,10 +1,11 @@
 -- require "vg.db": PostgreSQL for scripts, over the pool in C (vg.db.core).
 --
 --   db.query(sql, ...)          -> rows, affected
---       $1..$n parameters only: nil and db.null -> NULL, booleans, integers,
---       floats, strings (a string that is not valid UTF-8 text, e.g. one
---       with a zero byte, is sent as bytea), db.bytea(s) -> bytea, tables ->
---       JSON text. rows is an array of tables keyed by column name; affected
+--       $1..$n parameters only, encoded strictly (README, db.query): nil and
+--       db.null -> NULL, booleans, integers, floats, strings -> text (valid
+--       UTF-8, no zero byte), db.bytea(s) -> bytea, tables -> JSON text
+--       (array holes -> null); anything it cannot store exactly raises
+--       before a connection is taken. rows is an array of tables keyed by column name; affected
 --       is the row count of the command (INSERT/UPDATE/DELETE/SELECT...).
 --       With no parameters, sql may hold several statements (migrations);
 --       rows and affected are then those of the last one.
@@ -46,6 +47,8 @@
 -- "database_unreachable", "transaction_aborted"), message, retriable, and for
 -- SQL errors sqlstate, detail, hint, constraint, table, column, position.
 local core = require "vg.db.core"
+local vg = require "vg"
+local log = require "vg.log"
 
 local M = {
   null = core.null,
@@ -112,6 +115,50 @@ function Pool:transaction(fn, ...)
   conn:release()
   if not cok then error(cerr, 0) end
   return table.unpack(res, 2, res.n)
+end
+
+-- ---- waiting for the server at start-up -------------------------------
+
+-- Failures that no retry mends: stop at once. A server that is starting up
+-- or shutting down is not among them.
+local PERMANENT = { bad_url = true, auth = true, no_database = true, no_role = true }
+
+local function unreachable(pool, timeout, why, reason)
+  local err = core.error("database_unreachable", false,
+    ("could not connect to the database at %s within %.14g s: %s"):format(
+      pool:describe(), timeout, why or "timed out"))
+  err.host, err.reason = pool:describe(), reason
+  return err
+end
+
+-- pool:wait_ready([timeout]) -> true once the server answers, false when
+-- shutdown came first; raises database_unreachable at once on a permanent
+-- failure, else after timeout (VG_DB_CONNECT_TIMEOUT), retrying with the
+-- LISTEN connection's back-off.
+function Pool:wait_ready(timeout)
+  timeout = timeout or core.config_num("VG_DB_CONNECT_TIMEOUT")
+  local s = self:stats()
+  if s.idle > 0 or s.checked_out > 0 then return true end -- it answered moments ago
+  local deadline, backoff, attempt, why, reason = vg.now() + timeout, core.backoff_first, 0
+  while not vg.shutdown_requested() do
+    attempt = attempt + 1
+    local ok, human, kind, detail = self:probe(math.max(deadline - vg.now(), 0))
+    if ok then
+      log.info("database_connected", { host = self:describe(), attempts = attempt })
+      return true
+    end
+    if kind ~= "timeout" or not why then why, reason = human, kind end
+    local left = deadline - vg.now()
+    if kind ~= "timeout" then
+      log.warning("database_connect_failed", { host = self:describe(), attempt = attempt,
+        reason = kind, error = human, detail = detail,
+        retry_in = (left > backoff and not PERMANENT[kind]) and backoff or 0 })
+    end
+    if PERMANENT[kind] or left <= backoff then error(unreachable(self, timeout, why, reason), 2) end
+    if not vg.sleep(backoff) then return false end
+    backoff = math.min(backoff * 2, core.backoff_max)
+  end
+  return false
 end
 
 -- ---- the default pool -----------------------------------------------------

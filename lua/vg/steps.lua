@@ -13,7 +13,9 @@
 --                          added to the step environment
 --   ctx.command(step)      run the configured command of a step and return
 --                          its outputs table (see "Step commands")
---   ctx.cost(component, usd [, details])  record a video_costs row
+--   ctx.cost(component, usd [, details])  record a video_costs row (raises
+--                                         pipeline.LEASE_LOST once the
+--                                         task's lease is lost)
 --
 -- Step environment: VG_TASK_ID, VG_CHANNEL_ID, VG_CHANNEL_NAME, VG_STEP,
 -- VG_PAYLOAD (the payload as JSON) and, when the channel has credentials,
@@ -169,9 +171,13 @@ local CHANNEL_SQL = [[
 SELECT id, name, credentials_encrypted, is_active, review_gates
   FROM channels WHERE id = $1]]
 
-local COST_SQL = [[
+-- Written only while this run's lease holds ($7: the task's lease token):
+-- a run that lost its task records no money.
+M.COST_SQL = [[
 INSERT INTO video_costs (task_id, channel_id, step, component, cost_usd, details)
-VALUES ($1, $2, $3, $4, $5::numeric, $6::jsonb)]]
+SELECT $1, $2, $3, $4, $5::numeric, $6::jsonb
+  FROM tasks
+ WHERE id = $1 AND lease_token = $7 AND status IN ('claimed', 'processing')]]
 
 -- The channel row of a task, loaded once and kept on the task table (the
 -- same table for every step of one run).
@@ -237,8 +243,10 @@ function M.options(cfg, opts)
       if not usd or usd ~= usd or usd < 0 or usd == math.huge then
         error(pipeline.fatal(string.format("cost of %s must be a non-negative number", component)), 0)
       end
-      db.query(COST_SQL, task.id, task.channel_id, step_name, component,
-               string.format("%.6f", usd), cjson.encode(details or {}))
+      local _, n = db.query(M.COST_SQL, task.id, task.channel_id, step_name, component,
+                            string.format("%.6f", usd), cjson.encode(details or {}),
+                            task.lease_token)
+      if n == 0 then error(pipeline.LEASE_LOST, 0) end
     end
 
     function ctx.run(argv, opts)

@@ -150,19 +150,19 @@ local function media(ctx, step, full, streams, want)
   return info
 end
 
-local VIDEO_SQL = [[
-WITH updated AS (
-    UPDATE videos SET duration_seconds = $4, size_bytes = $5, metadata = $6::jsonb,
-                      created_at = now()
-     WHERE task_id = $1 AND path = $3
- RETURNING id
-)
+-- One row per task and file (unique index, sql/004_videos_unique.sql),
+-- also when a crash after this point makes the step run again; written
+-- only while this run's lease holds ($7: the task's lease token), so a run
+-- that lost its task writes nothing.
+M.VIDEO_SQL = [[
 INSERT INTO videos (task_id, channel_id, path, duration_seconds, size_bytes, metadata)
 SELECT $1, $2, $3, $4, $5, $6::jsonb
- WHERE NOT EXISTS (SELECT 1 FROM updated)
+  FROM tasks
+ WHERE id = $1 AND lease_token = $7 AND status IN ('claimed', 'processing')
+ON CONFLICT (task_id, path) DO UPDATE
+   SET duration_seconds = EXCLUDED.duration_seconds, size_bytes = EXCLUDED.size_bytes,
+       metadata = EXCLUDED.metadata, created_at = now()
 RETURNING id]]
-
-local VIDEO_ID_SQL = "SELECT id FROM videos WHERE task_id = $1 AND path = $2 ORDER BY id DESC LIMIT 1"
 
 local COST_SQL = [[
 SELECT coalesce(sum(cost_usd), 0)::text AS usd FROM video_costs WHERE task_id = $1]]
@@ -213,9 +213,10 @@ local steps = {
     }
     -- One row per task and file, also when a crash after this point makes
     -- the step run again.
-    local rows = db.query(VIDEO_SQL, ctx.task.id, ctx.task.channel_id, full, info.duration, size,
-                          cjson.encode(meta))
-    local id = rows[1] and rows[1].id or db.query(VIDEO_ID_SQL, ctx.task.id, full)[1].id
+    local rows = db.query(M.VIDEO_SQL, ctx.task.id, ctx.task.channel_id, full, info.duration,
+                          size, cjson.encode(meta), ctx.task.lease_token)
+    if not rows[1] then error(pipeline.LEASE_LOST, 0) end
+    local id = rows[1].id
     out.absolute_path = full
     out.duration_seconds = info.duration
     out.size_bytes = size

@@ -75,6 +75,41 @@ function M.worker_env(extra)
   return env
 end
 
+-- A function that opens a pool of its own on the test database, named
+-- "<prefix>-<n>-<random>" so its connections can be found on the server
+-- (pg_stat_activity.application_name). Returns the pool and that name.
+function M.pool_maker(prefix)
+  local seq = 0
+  return function(opts)
+    local db = require "vg.db"
+    seq = seq + 1
+    opts = opts or {}
+    opts.url = opts.url or M.url
+    opts.application_name = opts.application_name
+      or (prefix .. "-" .. seq .. "-" .. math.random(1e6))
+    return db.pool(opts), opts.application_name
+  end
+end
+
+-- A fresh table name ("spec_<stem>_<n>_<random>").
+local table_seq = 0
+function M.table_name(stem)
+  table_seq = table_seq + 1
+  return ("spec_%s_%d_%d"):format(stem, table_seq, math.random(1e6))
+end
+
+-- Wait (without blocking the loop) until cond() is true; false after
+-- timeout seconds (default 5).
+function M.wait_until(cond, timeout)
+  local vg = require "vg"
+  local deadline = vg.now() + (timeout or 5)
+  while not cond() do
+    if vg.now() > deadline then return false end
+    vg.sleep(0.01)
+  end
+  return true
+end
+
 -- Wait (without busy polling the CPU: a short sleep between queries) until
 -- fn() is true, up to timeout seconds. Returns whether it became true.
 function M.eventually(fn, timeout, every)

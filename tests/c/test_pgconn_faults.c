@@ -1,0 +1,295 @@
+/* pgconn's state machine walked through real faults against a real server
+ * (TEST_DATABASE_URL, the throw-away cluster of tests/pgtmp.sh): a backend
+ * terminated in the middle of a query and while idle, a query cancelled on
+ * the server, a COPY, and, on sockets this test owns, a server that hangs
+ * up in the middle of the start-up and one that never answers. Each case
+ * checks the events and states pgconn reports, and that the loop ends with
+ * nothing left open (run under ASan by make test). Without
+ * TEST_DATABASE_URL the server cases are skipped. */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "vg/pgconn.h"
+
+static uv_loop_t *loop;
+static char **keys, **vals;
+
+/* What a connection reported. */
+typedef struct {
+    int connected, connect_failed, broken;
+    int done;
+    PGresult *res;
+    int cancel_sent;
+} seen_t;
+
+static void on_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
+{
+    seen_t *s = arg;
+    if (ev == VG_PGCONN_EV_CONNECTED) s->connected++;
+    else if (ev == VG_PGCONN_EV_CONNECT_FAILED) s->connect_failed++;
+    else s->broken++;
+}
+
+static void on_done(vg_pgconn_t *c, PGresult *res, void *arg)
+{
+    seen_t *s = arg;
+    s->done++;
+    s->res = res;
+}
+
+static void on_cancel_sent(void *arg) { ((seen_t *)arg)->cancel_sent = 1; }
+
+/* Run the loop until *flag is non-zero, or fail after about 30 s. */
+static bool run_until(const int *flag)
+{
+    for (int i = 0; i < 3000 && !*flag; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        if (!*flag) usleep(10000);
+    }
+    return *flag != 0;
+}
+
+static vg_pgconn_t *open_conn(const char *const *k, const char *const *v, double timeout,
+                              seen_t *s)
+{
+    vg_pgconn_params_t p = {k, v, timeout};
+    return vg_pgconn_connect(loop, &p, on_event, s);
+}
+
+static vg_pgconn_t *connect_ok(seen_t *s)
+{
+    memset(s, 0, sizeof *s);
+    vg_pgconn_t *c = open_conn((const char *const *)keys, (const char *const *)vals, 10, s);
+    CHECK(run_until(&s->connected), "connects to the test server");
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_IDLE, "an open connection is IDLE");
+    return c;
+}
+
+static void close_conn(vg_pgconn_t *c)
+{
+    vg_pgconn_free(c);
+    for (int i = 0; i < 100 && uv_loop_alive(loop); i++) uv_run(loop, UV_RUN_NOWAIT);
+}
+
+/* A blocking admin session (fine in a test: the loop is not serving
+ * anyone else) that terminates a backend. */
+static void terminate_backend(int pid)
+{
+    PGconn *admin = PQconnectdbParams((const char *const *)keys, (const char *const *)vals, 0);
+    char sql[64];
+    snprintf(sql, sizeof sql, "select pg_terminate_backend(%d)", pid);
+    PGresult *r = PQexec(admin, sql);
+    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK, "pg_terminate_backend ran");
+    PQclear(r);
+    PQfinish(admin);
+}
+
+/* The backend's query is running (seen by the server), so a fault hits it
+ * in the middle and not before it started. */
+static bool wait_active(int pid)
+{
+    PGconn *admin = PQconnectdbParams((const char *const *)keys, (const char *const *)vals, 0);
+    char sql[128];
+    snprintf(sql, sizeof sql, "select 1 from pg_stat_activity where pid = %d and state = 'active'",
+             pid);
+    bool active = false;
+    for (int i = 0; i < 3000 && !active; i++) {
+        uv_run(loop, UV_RUN_NOWAIT); /* keep flushing the query */
+        PGresult *r = PQexec(admin, sql);
+        active = PQntuples(r) == 1;
+        PQclear(r);
+        if (!active) usleep(10000);
+    }
+    PQfinish(admin);
+    return active;
+}
+
+static void test_terminated_mid_query(void)
+{
+    seen_t s;
+    vg_pgconn_t *c = connect_ok(&s);
+    int pid = vg_pgconn_pid(c);
+    CHECK(vg_pgconn_send(c, "select pg_sleep(30)", -1, NULL, NULL, NULL, NULL, on_done, &s) == 0,
+          "a query is sent");
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_BUSY, "a connection with a query in flight is BUSY");
+    CHECK(wait_active(pid), "the query runs on the server");
+    terminate_backend(pid);
+    CHECK(run_until(&s.done), "the query ends when its backend is terminated");
+    CHECK(s.done == 1, "its done callback runs once");
+    CHECK(s.res == NULL || PQresultStatus(s.res) != PGRES_TUPLES_OK, "with no rows");
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_BROKEN, "the connection is BROKEN");
+    CHECK(strstr(vg_pgconn_error(c), "terminat") != NULL, "the error says why: %s",
+          vg_pgconn_error(c));
+    CHECK(vg_pgconn_send(c, "select 1", -1, NULL, NULL, NULL, NULL, on_done, &s) == -1,
+          "a BROKEN connection takes no query");
+    PQclear(s.res);
+    close_conn(c);
+}
+
+static void test_terminated_while_idle(void)
+{
+    seen_t s;
+    vg_pgconn_t *c = connect_ok(&s);
+    vg_pgconn_keep_loop(c, true);
+    terminate_backend(vg_pgconn_pid(c));
+    CHECK(run_until(&s.broken), "an idle connection whose backend ends reports BROKEN");
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_BROKEN, "and is BROKEN");
+    CHECK(!vg_pgconn_check(c), "its check says it is unusable");
+    close_conn(c);
+}
+
+static void test_cancel(void)
+{
+    seen_t s;
+    vg_pgconn_t *c = connect_ok(&s);
+    CHECK(vg_pgconn_send(c, "select pg_sleep(30)", -1, NULL, NULL, NULL, NULL, on_done, &s) == 0,
+          "a long query is sent");
+    CHECK(wait_active(vg_pgconn_pid(c)), "the long query runs on the server");
+    CHECK(vg_pgconn_cancel(c, on_cancel_sent, &s) == 0, "a cancel request starts");
+    CHECK(run_until(&s.done), "the cancelled query ends");
+    const char *st = s.res ? PQresultErrorField(s.res, PG_DIAG_SQLSTATE) : NULL;
+    CHECK(st && strcmp(st, "57014") == 0, "with query_canceled (57014)");
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_IDLE, "the connection is IDLE again");
+    PQclear(s.res);
+    s.done = 0;
+    s.res = NULL;
+    CHECK(vg_pgconn_send(c, "select 1", -1, NULL, NULL, NULL, NULL, on_done, &s) == 0 &&
+              run_until(&s.done) && PQresultStatus(s.res) == PGRES_TUPLES_OK,
+          "and runs the next query");
+    PQclear(s.res);
+    run_until(&s.cancel_sent);
+    close_conn(c);
+}
+
+static void test_copy(void)
+{
+    seen_t s;
+    vg_pgconn_t *c = connect_ok(&s);
+    CHECK(vg_pgconn_send(c, "copy (select 1) to stdout", -1, NULL, NULL, NULL, NULL, on_done,
+                         &s) == 0,
+          "a COPY is sent");
+    CHECK(run_until(&s.done), "the COPY ends");
+    CHECK(s.res && PQresultStatus(s.res) == PGRES_FATAL_ERROR, "with an error result");
+    CHECK(vg_pgconn_refused_copy(c), "reported as a refused COPY");
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_BROKEN, "and the connection is given up");
+    PQclear(s.res);
+    close_conn(c);
+}
+
+/* A TCP listener on 127.0.0.1 this test owns; returns its fd and port. */
+static int listen_local(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 4) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &n) != 0)
+        return -1;
+    *port = ntohs(a.sin_port);
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    return fd;
+}
+
+static vg_pgconn_t *connect_local(int port, double timeout, seen_t *s)
+{
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    const char *k[] = {"host", "port", "dbname", "user", "sslmode", NULL};
+    const char *v[] = {"127.0.0.1", portstr, "vg", "vg", "disable", NULL};
+    memset(s, 0, sizeof *s);
+    return open_conn(k, v, timeout, s);
+}
+
+static void test_hang_up_mid_connect(void)
+{
+    int port;
+    int lfd = listen_local(&port);
+    CHECK(lfd >= 0, "a local listener");
+    seen_t s;
+    vg_pgconn_t *c = connect_local(port, 10, &s);
+    int cfd = -1;
+    /* The start-up packet arrives; the "server" reads it and hangs up. */
+    for (int i = 0; i < 3000 && cfd < 0; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        cfd = accept(lfd, NULL, NULL);
+        if (cfd < 0) usleep(10000);
+    }
+    CHECK(cfd >= 0, "the client connected to the listener");
+    char buf[512];
+    for (int i = 0; i < 300 && recv(cfd, buf, sizeof buf, MSG_DONTWAIT) <= 0; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        usleep(10000);
+    }
+    close(cfd);
+    CHECK(run_until(&s.connect_failed), "a server that hangs up mid-connect fails the connect");
+    CHECK(s.connected == 0, "and never reports CONNECTED");
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_BROKEN, "the connection is BROKEN");
+    close_conn(c);
+    close(lfd);
+}
+
+static void test_silent_server(void)
+{
+    int port;
+    int lfd = listen_local(&port);
+    seen_t s;
+    vg_pgconn_t *c = connect_local(port, 0.3, &s); /* accepted by the kernel, never answered */
+    CHECK(run_until(&s.connect_failed), "a server that never answers fails at the timeout");
+    CHECK(strstr(vg_pgconn_error(c), "timeout") != NULL, "with a timeout message: %s",
+          vg_pgconn_error(c));
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_BROKEN, "the connection is BROKEN");
+    close_conn(c);
+    close(lfd);
+}
+
+static bool parse_url(const char *url)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &err);
+    if (!opts) {
+        PQfreemem(err);
+        return false;
+    }
+    size_t n = 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++) n++;
+    keys = calloc(n + 1, sizeof *keys);
+    vals = calloc(n + 1, sizeof *vals);
+    size_t k = 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val || !*o->val) continue;
+        keys[k] = strdup(o->keyword);
+        vals[k++] = strdup(o->val);
+    }
+    PQconninfoFree(opts);
+    return true;
+}
+
+int main(void)
+{
+    loop = uv_default_loop();
+    test_hang_up_mid_connect();
+    test_silent_server();
+    const char *url = getenv("TEST_DATABASE_URL");
+    if (url && *url && parse_url(url)) {
+        test_terminated_mid_query();
+        test_terminated_while_idle();
+        test_cancel();
+        test_copy();
+        for (size_t i = 0; keys[i]; i++) {
+            free(keys[i]);
+            free(vals[i]);
+        }
+        free(keys);
+        free(vals);
+    } else {
+        printf("# TEST_DATABASE_URL is not set: the server cases are skipped\n");
+    }
+    CHECK(uv_loop_close(loop) == 0, "nothing is left open on the loop");
+    return check_done();
+}
