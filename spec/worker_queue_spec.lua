@@ -236,10 +236,22 @@ describe_db("worker processes", function()
     end, 30))
     local r = require("vg.proc").run({ "sh", "tests/pgtmp.sh", "restart", pgdir }, { timeout = 60 })
     assert.equal(0, r.code, r.stderr)
-    assert.is_true(tdb.eventually(function()
+    local done = tdb.eventually(function()
       local ok, n = pcall(tdb.count, "SELECT count(*) FROM tasks WHERE status = 'completed'")
       return ok and n == 300
-    end, 120, 0.5))
+    end, 120, 0.5)
+    if not done then
+      -- Say where the rest are, and what the workers said, before failing.
+      for _, row in ipairs(db.query([[SELECT status, count(*)::int AS n, max(last_error) AS err,
+                                             min(lease_expires_at) AS lease FROM tasks GROUP BY 1]])) do
+        print(string.format("# %s: %d (%s, lease %s)", row.status, row.n, tostring(row.err), tostring(row.lease)))
+      end
+      for _, p in ipairs(ws) do
+        local r = stop(p)
+        print("# worker output ends: " .. r.stdout:sub(-3000):gsub("\n", "\n# "))
+      end
+    end
+    assert.is_true(done, "not every task completed after the restart")
     for _, p in ipairs(ws) do assert.equal(0, stop(p).code) end
     -- nothing ran twice except tasks whose outcome could not be recorded
     -- while the server was down (they are retried, never lost)

@@ -142,7 +142,7 @@ function Pool:wait_ready(timeout)
   local deadline, backoff, attempt, why, reason = vg.now() + timeout, core.backoff_first, 0
   while not vg.shutdown_requested() do
     attempt = attempt + 1
-    local ok, human, kind, detail = self:probe(math.max(deadline - vg.now(), 0))
+    local ok, human, kind, detail = self:probe(math.max(deadline - vg.now(), 0.001))
     if ok then
       log.info("database_connected", { host = self:describe(), attempts = attempt })
       return true
@@ -152,10 +152,11 @@ function Pool:wait_ready(timeout)
     if kind ~= "timeout" then
       log.warning("database_connect_failed", { host = self:describe(), attempt = attempt,
         reason = kind, error = human, detail = detail,
-        retry_in = (left > backoff and not PERMANENT[kind]) and backoff or 0 })
+        retry_in = (left > 0 and not PERMANENT[kind]) and math.min(backoff, left) or 0 })
     end
-    if PERMANENT[kind] or left <= backoff then error(unreachable(self, timeout, why, reason), 2) end
-    if not vg.sleep(backoff) then return false end
+    -- The whole timeout is waited: the last try comes at its end.
+    if PERMANENT[kind] or left <= 0.001 then error(unreachable(self, timeout, why, reason), 2) end
+    if not vg.sleep(math.min(backoff, left)) then return false end
     backoff = math.min(backoff * 2, core.backoff_max)
   end
   return false
