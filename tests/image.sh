@@ -24,7 +24,8 @@
 # caught. --if-engine: in that case do only that fallback and say the image
 # was not built (make test uses it).
 #
-# Environment: TEST_DATABASE_URL (a server to use; default: tests/pgtmp.sh
+# Environment: VG_IMAGE_ENGINE=none (take the fallback, as if no engine
+# worked), TEST_DATABASE_URL (a server to use; default: tests/pgtmp.sh
 # starts one), VG_IMAGE (tag, default vg-host:image-test),
 # VG_IMAGE_KEEP=1 (keep the image afterwards).
 set -u
@@ -241,6 +242,9 @@ EOF
 
 # ------------------------------------------------------------ main
 
+if [ "${VG_IMAGE_ENGINE:-}" = none ]; then
+    fallback "VG_IMAGE_ENGINE=none: the image is not built"
+fi
 if ! install_tools; then
     fallback "no container engine here (podman, runc or debootstrap missing): the image is not built"
 fi
