@@ -109,7 +109,7 @@ static const char *userinfo_end(const char *p)
 {
     const char *at = last_at(p, "/");
 
-    return at ? at : last_at(p, " \t\r\n");
+    return at ? at : last_at(p, "?# \t\r\n");
 }
 
 /* At s[0] just after "://": copy the authority's user part to b and stars for
