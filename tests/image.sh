@@ -26,7 +26,7 @@
 #
 # Environment: VG_IMAGE_ENGINE=none (take the fallback, as if no engine
 # worked), TEST_DATABASE_URL (a server to use; default: tests/pgtmp.sh
-# starts one), VG_IMAGE (tag, default vg-host:image-test),
+# starts one), VG_IMAGE (tag, default vg-host:image-test-PID),
 # VG_IMAGE_KEEP=1 (keep the image afterwards).
 set -u
 cd "$(dirname "$0")/.."
@@ -42,7 +42,8 @@ for a in "$@"; do
     esac
 done
 
-IMAGE=${VG_IMAGE:-vg-host:image-test}
+# Its own tag per run: two checkouts may run this at once on one machine.
+IMAGE=${VG_IMAGE:-vg-host:image-test-$$}
 NAME=vg-image-test-$$
 n=0
 nfail=0
