@@ -228,6 +228,28 @@ describe("start-up configuration", function()
   end)
 end)
 
+describe_db("a worker with a broken step command", function()
+  local db
+  setup(function() db = tdb.setup() end)
+  before_each(function() tdb.reset() end)
+
+  it("stops at start-up, before it claims anything", function()
+    tdb.channel("bs-1", { review_gates = false })
+    local id = tdb.enqueue("bs-1", 1, { pipeline = "video" })[1]
+    local r = host.run({ "lua/worker.lua" }, { env = host.env {
+      DATABASE_URL = tdb.url, VG_STEP_VIDEO_GENERATION = "/nonexistent/gen-video",
+      VG_STEP_TIMEOUT_VIDEO_ASSEMBLY = "10m" } })
+    assert.equal(1, r.code, output(r))
+    local l = host.find(host.lines(r.stdout), "configuration_invalid")
+    assert.is_not_nil(l, r.stdout)
+    assert.same({ "VG_STEP_VIDEO_GENERATION: /nonexistent/gen-video does not exist" }, l.errors)
+    assert.is_nil(host.find(host.lines(r.stdout), "task_claimed"))
+    local row = db.query("SELECT status, attempts FROM tasks WHERE id = $1", id)[1]
+    assert.equal("pending", row.status)
+    assert.equal(0, row.attempts)
+  end)
+end)
+
 describe_db("payloads", function()
   local db, steps
   setup(function()

@@ -324,8 +324,18 @@ end
 -- values of config.load (VG_WORKSPACE, VG_REVIEW_GATES, FERNET_KEY);
 -- opts.env: a table consulted before the process environment for VG_STEP_*,
 -- VG_STEP_TIMEOUT_* and VG_SCRIPTS_DIR (tests, embedding).
+--
+-- Called without opts, as lua/worker.lua calls it before the worker claims
+-- anything, it first checks every step command (steps.require_ready): a
+-- missing or non-executable program, a missing default script or a bad
+-- timeout stops the worker with one configuration_invalid line instead of
+-- failing tasks after their paid steps. opts.check = true / false forces
+-- or skips that check.
 function M.options(cfg, opts)
   cfg = cfg or {}
+  local check = opts == nil
+  if opts and opts.check ~= nil then check = opts.check end
+  if check then M.require_ready(cfg, opts and opts.env) end
   local env_over = opts and opts.env
   local root = cfg.VG_WORKSPACE or "./workspace"
   local global_gates = cfg.VG_REVIEW_GATES ~= false
