@@ -12,6 +12,7 @@ COPY include ./include
 COPY src ./src
 COPY lua ./lua
 COPY sql ./sql
+COPY scripts ./scripts
 RUN make BUILD=build all && make install PREFIX=/opt/vg-host
 
 FROM debian:bookworm-slim AS runtime
@@ -24,10 +25,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --create-home --home-dir /app --shell /usr/sbin/nologin vg
 COPY --from=build /opt/vg-host /opt/vg-host
-COPY scripts /app/scripts
 RUN ln -s /opt/vg-host/bin/vg-host /usr/local/bin/vg-host \
  && ln -s /opt/vg-host/share/vg-host/lua /app/lua \
  && ln -s /opt/vg-host/share/vg-host/sql /app/sql \
+ && ln -s /opt/vg-host/share/vg-host/scripts /app/scripts \
  && mkdir -p /app/workspace && chown vg:vg /app/workspace
 WORKDIR /app
 USER vg

@@ -28,7 +28,7 @@ endif
 OBJ      := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRC))
 LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 
-.PHONY: all deps test test-c test-asan asan demo bench bench-smoke chaos install clean check-deps
+.PHONY: all deps test test-c test-asan asan demo bench bench-smoke chaos install clean check-deps image-test
 
 all: $(BUILD)/vg-host
 
@@ -60,6 +60,12 @@ test: deps
 
 demo: deps all
 	@sh scripts/demo.sh
+
+# Build the Dockerfile with podman and run the image against a throw-away
+# PostgreSQL (tests/image.sh); without a working engine, it says so and runs
+# the build stage's commands over the files its COPY lines name.
+image-test: deps
+	@sh tests/image.sh
 
 bench: deps all
 	@sh bench/run.sh

@@ -8,6 +8,7 @@ local db = require "vg.db"
 local log = require "vg.log"
 local config = require "vg.config"
 local lfs = require "lfs"
+local admin = require "vg.admin"
 
 -- Two-int4 advisory lock key ("vg", 1): never collides with one-bigint keys
 -- that other software on the same database may use.
@@ -52,7 +53,8 @@ local function list_migrations(dir)
 end
 
 local function read_file(path)
-  local f = assert(io.open(path, "rb"))
+  local f, err = io.open(path, "rb")
+  if not f then error("cannot read migration " .. path .. ": " .. tostring(err), 0) end
   local text = f:read("a")
   f:close()
   return text
@@ -94,4 +96,13 @@ local function main(...)
   db.close()
 end
 
-main(...)
+-- Every failure says what went wrong: a critical log line (the deploy
+-- log reads stdout) and a line on stderr, then exit 1.
+local ok, err = pcall(main, ...)
+if not ok then
+  local why = admin.explain(err)
+  if not (type(err) == "table" and err.code == "configuration_invalid") then
+    log.critical("migrate_failed", { error = why })
+  end
+  admin.fail("migrate", err)
+end

@@ -143,9 +143,5 @@ local function main(...)
   return 0
 end
 
-local ok, res = pcall(main, ...)
-if not ok then
-  io.stderr:write("review: ", tostring(res), "\n")
-  os.exit(1)
-end
+local res = require("vg.admin").run("review", main, ...)
 if res ~= 0 then os.exit(res) end

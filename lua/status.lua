@@ -6,6 +6,7 @@ require("vg.log").to_stderr()
 local db = require "vg.db"
 local config = require "vg.config"
 local cjson = require "cjson"
+local admin = require "vg.admin"
 
 local function collect()
   local s = {}
@@ -28,12 +29,25 @@ local function collect()
       FROM tasks WHERE status IN ('pending', 'retry', 'approved') AND run_at <= now()
      ORDER BY created_at LIMIT 1]])
   s.oldest_pending = oldest[1]
+  -- Done, failed and running are counted from the tasks each worker
+  -- instance claimed (claimed_by and claimed_instance stay on a finished
+  -- task), so they are right before the worker's first heartbeat and add
+  -- no statement to the worker.
   s.workers = db.query([[
-    SELECT worker_id, instance, status, tasks_done, tasks_failed, in_flight, version,
-           extract(epoch FROM now() - last_seen_at)::float8 AS last_seen_seconds_ago
-      FROM workers
-     WHERE status <> 'stopped' OR last_seen_at > now() - interval '1 hour'
-     ORDER BY worker_id, instance]])
+    SELECT w.worker_id, w.instance, w.status, w.version,
+           coalesce(t.done, 0)::int AS tasks_done, coalesce(t.failed, 0)::int AS tasks_failed,
+           coalesce(t.running, 0)::int AS in_flight,
+           extract(epoch FROM now() - w.last_seen_at)::float8 AS last_seen_seconds_ago
+      FROM workers w
+      LEFT JOIN (SELECT claimed_by, claimed_instance,
+                        count(*) FILTER (WHERE status = 'completed') AS done,
+                        count(*) FILTER (WHERE status = 'failed') AS failed,
+                        count(*) FILTER (WHERE status IN ('claimed', 'processing')) AS running
+                   FROM tasks WHERE claimed_by IS NOT NULL
+                  GROUP BY claimed_by, claimed_instance) t
+        ON t.claimed_by = w.worker_id AND t.claimed_instance = w.instance
+     WHERE w.status <> 'stopped' OR w.last_seen_at > now() - interval '1 hour'
+     ORDER BY w.worker_id, w.instance]])
   s.recent_failures = db.query([[
     SELECT id, channel_id, pipeline, attempts, last_error, updated_at
       FROM tasks WHERE status = 'failed' ORDER BY updated_at DESC LIMIT 10]])
@@ -93,19 +107,40 @@ local function show(s)
   end
 end
 
-local json = false
-for _, a in ipairs({ ... }) do
-  if a == "--json" then json = true
-  else
-    io.stderr:write("usage: vg-host lua/status.lua [--json]\n")
-    os.exit(2)
+-- JSON with every list as an array, empty ones too (cjson would write an
+-- empty table as {}).
+local LISTS = { "by_status", "queued_by_priority", "by_channel", "workers", "recent_failures",
+                "cost_by_channel", "cost_by_video" }
+
+local function encode(s)
+  local parts = {}
+  for _, k in ipairs(LISTS) do
+    local v = s[k] or {}
+    parts[#parts + 1] = cjson.encode(k) .. ":" .. (#v == 0 and "[]" or cjson.encode(v))
   end
+  parts[#parts + 1] = '"oldest_pending":' .. (s.oldest_pending and cjson.encode(s.oldest_pending) or "null")
+  return "{" .. table.concat(parts, ",") .. "}"
 end
-config.load { "DATABASE_URL" }
-local s = collect()
-if json then
-  print(cjson.encode(s))
-else
-  show(s)
+
+local function main(...)
+  local json = false
+  for _, a in ipairs({ ... }) do
+    if a == "--json" then json = true
+    else
+      io.stderr:write("usage: vg-host lua/status.lua [--json]\n")
+      os.exit(2)
+    end
+  end
+  config.load { "DATABASE_URL" }
+  local problem = admin.schema_problem()
+  if problem then error(problem, 0) end
+  local s = collect()
+  if json then
+    print(encode(s))
+  else
+    show(s)
+  end
+  db.close()
 end
-db.close()
+
+admin.run("status", main, ...)

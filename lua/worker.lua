@@ -1,6 +1,17 @@
 -- vg-host lua/worker.lua: one worker process. Start more of them against the
 -- same database to add capacity; they share the queue through PostgreSQL
 -- and never talk to each other.
+local args = { ... }
+if args[1] == "--help" or args[1] == "-h" then
+  io.write("usage: vg-host lua/worker.lua\n"
+    .. "Runs one worker until SIGTERM, SIGINT or SIGHUP; configuration comes from the\n"
+    .. "environment (README: Configuration).\n")
+  os.exit(0)
+elseif args[1] ~= nil then
+  io.stderr:write("worker: unexpected argument '", args[1], "' (vg-host lua/worker.lua --help)\n")
+  os.exit(2)
+end
+
 local vg = require "vg"
 local db = require "vg.db"
 local log = require "vg.log"
@@ -10,7 +21,9 @@ local consumer = require "vg.consumer"
 local c
 
 worker.run {
-  required = { "DATABASE_URL", "FERNET_KEY" },
+  -- Step commands and their settings are checked with the rest, in the one
+  -- configuration_invalid line, before anything is claimed.
+  required = { "DATABASE_URL", "FERNET_KEY", check = require("vg.steps").config_check },
   start = function(state)
     -- The worker sends the queue's fixed statements over and over: generic
     -- plans spare the server planning them again (see vg.db).
@@ -26,6 +39,11 @@ worker.run {
     if not ready then -- shutdown came first
       listening:cancel()
       return
+    end
+    local problem = require("vg.admin").schema_problem()
+    if problem then
+      log.critical("database_not_migrated", { error = problem })
+      os.exit(1)
     end
     c = consumer.new(state.config, require("vg.steps").options(state.config))
     c:start(listening)

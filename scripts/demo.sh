@@ -19,6 +19,10 @@
 # logs/ with every process's log). It gives up after VG_DEMO_TIMEOUT seconds
 # (default 600). Ctrl-C stops the workers and the database cleanly.
 #
+# The throw-away PostgreSQL is removed when the demo ends, so its URL is not
+# printed; VG_DEMO_KEEP_DB=1 keeps it running after a finished demo and
+# prints its URL and the command that stops it.
+#
 # With DATABASE_URL set, that database is used (and kept): the demo adds its
 # channels (demo-nature, demo-city) and tasks; workers started here may also
 # pick up other queued tasks of that database.
@@ -73,7 +77,10 @@ cleanup() {
         say "stopping the workers"
         stop_workers
     fi
-    if [ -n "$PGDIR" ]; then
+    if [ -n "$PGDIR" ] && [ "$finished" -eq 1 ] && [ "${VG_DEMO_KEEP_DB:-0}" = 1 ]; then
+        say "PostgreSQL keeps running (VG_DEMO_KEEP_DB=1): DATABASE_URL=$DATABASE_URL"
+        say "stop it with: sh tests/pgtmp.sh stop $PGDIR"
+    elif [ -n "$PGDIR" ]; then
         say "stopping the throw-away PostgreSQL"
         sh tests/pgtmp.sh stop "$PGDIR" >>"$LOGS/postgres.log" 2>&1 || true
     fi
@@ -99,7 +106,11 @@ if [ -z "${DATABASE_URL:-}" ]; then
         cat "$LOGS/postgres.log" >&2
         die "could not start PostgreSQL"
     fi
-    say "PostgreSQL is up: $DATABASE_URL"
+    if [ "${VG_DEMO_KEEP_DB:-0}" = 1 ]; then
+        say "PostgreSQL is up; it keeps running after the demo (VG_DEMO_KEEP_DB=1)"
+    else
+        say "PostgreSQL is up (removed when the demo ends; VG_DEMO_KEEP_DB=1 keeps it)"
+    fi
 else
     say "using the database in DATABASE_URL"
 fi

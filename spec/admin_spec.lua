@@ -105,6 +105,11 @@ describe_db("lua/enqueue.lua and lua/status.lua", function()
     local failed = tdb.enqueue("adm-2", 1)[1]
     db.query("UPDATE tasks SET status = 'failed', last_error = 'broken' WHERE id = $1", failed)
     db.query([[INSERT INTO workers (worker_id, instance, status, tasks_done) VALUES ('w9', 'h:1', 'running', 7)]])
+    -- Done is counted from the tasks the worker claimed, not the row's
+    -- heartbeat counter.
+    local done = tdb.enqueue("adm-1", 1)[1]
+    db.query([[UPDATE tasks SET status = 'completed', claimed_by = 'w9', claimed_instance = 'h:1'
+                WHERE id = $1]], done)
     db.query([[INSERT INTO video_costs (task_id, channel_id, step, component, cost_usd)
                VALUES ($1, 'adm-2', 'asset_generation', 'image_generation', 0.12)]], failed)
     local r = host.run({ "lua/status.lua", "--json" }, { env = host.env { DATABASE_URL = tdb.url } })
@@ -116,7 +121,7 @@ describe_db("lua/enqueue.lua and lua/status.lua", function()
     assert.equal(1, by.failed)
     assert.equal("broken", s.recent_failures[1].last_error)
     assert.equal("w9", s.workers[1].worker_id)
-    assert.equal(7, s.workers[1].tasks_done)
+    assert.equal(1, s.workers[1].tasks_done)
     assert.equal("0.1200", s.cost_by_channel[1].cost_usd)
     assert.is_not_nil(s.oldest_pending)
     local text = host.run({ "lua/status.lua" }, { env = host.env { DATABASE_URL = tdb.url } })

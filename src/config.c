@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +19,18 @@
 #include "vg/fernet.h"
 #include "vg/log.h"
 
-typedef enum { K_STR, K_INT, K_SECONDS, K_BOOL, K_URL, K_FERNET, K_LEVEL, K_FORMAT, K_NAME } kind_t;
+#include <libpq-fe.h>
+
+typedef vg_config_kind_t kind_t;
+#define K_STR VG_CONFIG_STR
+#define K_INT VG_CONFIG_INT
+#define K_SECONDS VG_CONFIG_SECONDS
+#define K_BOOL VG_CONFIG_BOOL
+#define K_URL VG_CONFIG_URL
+#define K_FERNET VG_CONFIG_FERNET
+#define K_LEVEL VG_CONFIG_LEVEL
+#define K_FORMAT VG_CONFIG_FORMAT
+#define K_NAME VG_CONFIG_NAME
 
 typedef struct var {
     const char *name;
@@ -91,7 +103,7 @@ static bool parse_double(const char *s, double *out)
 }
 
 /* Seconds, optionally with a unit: 500ms, 30s, 2m, 1h. */
-static bool parse_seconds(const char *s, double *out)
+bool vg_config_parse_duration(const char *s, double *out)
 {
     char *end;
     errno = 0;
@@ -116,6 +128,30 @@ static bool parse_bool(const char *s, double *out)
         if (strcasecmp(s, no[i]) == 0) { *out = 0; return true; }
     }
     return false;
+}
+
+/* Why libpq cannot use url as meant (malloc'd), or NULL. A password holding
+ * a raw '@', '/' or a stray '%' changes how the URL parses, and libpq's own
+ * message then quotes pieces of it: such URLs are refused here, by the
+ * position of the password, before libpq sees them. */
+static char *url_problem(const char *url)
+{
+    char *problem = vg_dburl_password_problem(url);
+    if (problem) return problem;
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &perr);
+    if (opts) {
+        PQconninfoFree(opts);
+        return NULL;
+    }
+    char *red = vg_dburl_redact(perr ? perr : "out of memory");
+    size_t n = strlen(red);
+    while (n && (red[n - 1] == '\n' || red[n - 1] == ' ')) red[--n] = '\0';
+    vg_buf_t b = VG_BUF_INIT;
+    vg_buf_printf(&b, "DATABASE_URL cannot be parsed: %s", red);
+    free(red);
+    if (perr) PQfreemem(perr);
+    return vg_buf_steal(&b);
 }
 
 /* Parse s into v->num / v->str; on a problem set v->problem, return false. */
@@ -149,6 +185,11 @@ static bool parse_value(var_t *v, const char *s)
             vg_buf_printf(&b, "DATABASE_URL is not a PostgreSQL URL (%s); got \"%s\"", why, red);
             free(red);
             v->problem = vg_buf_steal(&b);
+            return false;
+        }
+        if ((v->problem = url_problem(v->str)) != NULL) {
+            free(v->str);
+            v->str = NULL;
             return false;
         }
         break;
@@ -199,7 +240,7 @@ static bool parse_value(var_t *v, const char *s)
         }
         break;
     case K_SECONDS:
-        if (!parse_seconds(s, &num) || num < v->min || num > v->max) {
+        if (!vg_config_parse_duration(s, &num) || num < v->min || num > v->max) {
             vg_buf_t b = VG_BUF_INIT;
             vg_buf_printf(&b, "%s must be a duration in seconds from %g to %g (units ms, s, m, "
                               "h allowed); got \"%s\"", v->name, v->min, v->max, s);
@@ -258,45 +299,6 @@ const char *vg_config_str(const char *name)
     return v->str;
 }
 
-bool vg_config_is_set(const char *name)
-{
-    var_t *v = find(name);
-    if (!v) return false;
-    parse_var(v);
-    return v->set;
-}
-
-static void add_problem(vg_buf_t *errs, int *count, const char *msg)
-{
-    if (*count) vg_buf_addc(errs, ',');
-    vg_json_str(errs, msg, strlen(msg));
-    (*count)++;
-}
-
-int vg_config_check(const char *const *required, size_t n, vg_buf_t *errs)
-{
-    int count = 0;
-    for (size_t i = 0; i < NVARS; i++) {
-        parse_var(&vars[i]);
-        if (vars[i].set && !vars[i].valid) add_problem(errs, &count, vars[i].problem);
-    }
-    for (size_t i = 0; i < n; i++) {
-        var_t *v = find(required[i]);
-        if (v && !v->set) {
-            vg_buf_t b = VG_BUF_INIT;
-            vg_buf_printf(&b, "%s is required but not set", v->name);
-            add_problem(errs, &count, b.data);
-            vg_buf_free(&b);
-        } else if (!v && !getenv(required[i])) {
-            vg_buf_t b = VG_BUF_INIT;
-            vg_buf_printf(&b, "%s is required but not set", required[i]);
-            add_problem(errs, &count, b.data);
-            vg_buf_free(&b);
-        }
-    }
-    return count;
-}
-
 int vg_config_parse(const char *name, const char *value, double *num, char **str,
                     char **problem)
 {
@@ -314,7 +316,29 @@ int vg_config_parse(const char *name, const char *value, double *num, char **str
     return ok ? 0 : 1;
 }
 
-const char *vg_config_name(size_t i) { return i < NVARS ? vars[i].name : NULL; }
+int vg_config_env_problems(vg_buf_t *errs, bool *host)
+{
+    static const char *const host_vars[] = {"LOG_LEVEL", "LOG_FORMAT", "VG_SHUTDOWN_GRACE",
+                                            "WORKER_ID"};
+    int count = 0;
+    *host = false;
+    for (size_t i = 0; i < NVARS; i++) {
+        parse_var(&vars[i]);
+        if (!vars[i].set || vars[i].valid) continue;
+        if (count++) vg_buf_addc(errs, ',');
+        vg_json_str(errs, vars[i].problem, strlen(vars[i].problem));
+        for (size_t h = 0; h < sizeof host_vars / sizeof host_vars[0]; h++)
+            if (strcmp(vars[i].name, host_vars[h]) == 0) *host = true;
+    }
+    return count;
+}
+
+const char *vg_config_name(size_t i, vg_config_kind_t *kind)
+{
+    if (i >= NVARS) return NULL;
+    if (kind) *kind = vars[i].kind;
+    return vars[i].name;
+}
 
 char *vg_config_derive_worker_id(const char *wid, const char *svc, const char *rep)
 {
@@ -356,11 +380,17 @@ const char *vg_config_instance(void)
      * and often its pid, while the old process's database session (and its
      * liveness lock, keyed by this string) may linger. A random suffix
      * keeps every process's instance its own. */
-    unsigned short nonce = 0;
-    if (getrandom(&nonce, sizeof nonce, GRND_NONBLOCK) != (ssize_t)sizeof nonce)
-        nonce = (unsigned short)(getpid() ^ time(NULL));
+    uint64_t nonce = 0;
+    if (getrandom(&nonce, sizeof nonce, GRND_NONBLOCK) != (ssize_t)sizeof nonce) {
+        /* No entropy yet (early boot): time, pid and an address still differ
+         * between two processes in practice. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        nonce = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16) ^
+                (uint64_t)(uintptr_t)&nonce;
+    }
     vg_buf_t b = VG_BUF_INIT;
-    vg_buf_printf(&b, "%s:%ld:%04x", host, (long)getpid(), nonce);
+    vg_buf_printf(&b, "%s:%ld:%016" PRIx64, host, (long)getpid(), nonce);
     inst = vg_buf_steal(&b);
     return inst;
 }

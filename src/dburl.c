@@ -6,12 +6,22 @@
  * stars is harmless, a leaked password is not. */
 #include "vg/dburl.h"
 
+#define _GNU_SOURCE
 #include <ctype.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "vg/buf.h"
+
+/* Passwords of every URL normalised so far (raw and percent-decoded), masked
+ * wherever vg_dburl_redact finds them: libpq's messages quote pieces of a
+ * URL it cannot parse without the URL around them. */
+static char **secrets;
+static size_t n_secrets;
+
+static void remember_url_secret(const char *url);
 
 static const char *const bad_scheme =
     "DATABASE_URL must start with postgresql:// (or postgres://, postgresql+asyncpg://)";
@@ -73,6 +83,7 @@ char *vg_dburl_normalise(const char *url, const char **why)
     out = vg_xmalloc(sizeof canonical - 1 + rest + 1);
     memcpy(out, canonical, sizeof canonical - 1);
     memcpy(out + sizeof canonical - 1, url + slen, rest + 1);
+    remember_url_secret(out);
     return out;
 }
 
@@ -153,7 +164,7 @@ static size_t password_value_len(const char *s, bool in_query)
     return i;
 }
 
-char *vg_dburl_redact(const char *s)
+static char *redact_patterns(const char *s)
 {
     vg_buf_t b = VG_BUF_INIT;
     bool in_url = false, in_query = false; /* within the current word */
@@ -311,5 +322,150 @@ char *vg_dburl_describe(const char *url)
         vg_buf_addc(&b, '/');
         add_decoded(&b, t.db.p, t.db.n);
     }
+    return vg_buf_steal(&b);
+}
+
+/* ---- passwords by position ---------------------------------------------- */
+
+bool vg_dburl_password_span(const char *url, size_t *start, size_t *len)
+{
+    const char *sep = url ? strstr(url, "://") : NULL;
+    const char *auth, *at, *colon;
+
+    if (sep == NULL)
+        return false;
+    auth = sep + 3;
+    at = userinfo_end(auth);
+    if (at == NULL)
+        return false;
+    colon = memchr(auth, ':', (size_t)(at - auth));
+    if (colon == NULL || colon + 1 == at)
+        return false;
+    *start = (size_t)(colon + 1 - url);
+    *len = (size_t)(at - colon - 1);
+    return true;
+}
+
+static void add_secret(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n_secrets; i++)
+        if (strlen(secrets[i]) == n && memcmp(secrets[i], s, n) == 0)
+            return;
+    secrets = vg_xrealloc(secrets, (n_secrets + 1) * sizeof *secrets);
+    secrets[n_secrets] = vg_xmalloc(n + 1);
+    memcpy(secrets[n_secrets], s, n);
+    secrets[n_secrets][n] = '\0';
+    n_secrets++;
+}
+
+static void remember_url_secret(const char *url)
+{
+    size_t start, len;
+    vg_buf_t dec = VG_BUF_INIT;
+
+    if (!vg_dburl_password_span(url, &start, &len))
+        return;
+    add_secret(url + start, len);
+    add_decoded(&dec, url + start, len);
+    if (dec.len > 0)
+        add_secret(dec.data, dec.len);
+    vg_buf_free(&dec);
+}
+
+/* Whether the n bytes at q share a piece with a remembered password: q is
+ * part of it, or holds a run of min(4, its length) of its bytes. */
+static bool touches_secret(const char *q, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n_secrets; i++) {
+        const char *sec = secrets[i];
+        size_t sl = strlen(sec), run = sl < 4 ? sl : 4;
+        if (n <= sl && memmem(sec, sl, q, n) != NULL)
+            return true;
+        for (size_t j = 0; j + run <= sl && run > 0; j++)
+            if (memmem(q, n, sec + j, run) != NULL)
+                return true;
+    }
+    return false;
+}
+
+/* Mask remembered passwords in s: every occurrence, and every quoted
+ * token ("..." or '...') that shares a piece with one. */
+static char *mask_secrets(const char *s)
+{
+    vg_buf_t b = VG_BUF_INIT;
+    size_t i = 0, n = strlen(s);
+
+    while (i < n) {
+        size_t k, m = 0;
+        for (k = 0; k < n_secrets && m == 0; k++) {
+            size_t sl = strlen(secrets[k]);
+            /* Shorter ones would mask ordinary words; their quoted
+             * tokens are still masked below. */
+            if (sl >= 4 && strncmp(s + i, secrets[k], sl) == 0)
+                m = sl;
+        }
+        if (m > 0) {
+            vg_buf_adds(&b, "***");
+            i += m;
+            continue;
+        }
+        if (s[i] == '"' || s[i] == '\'') {
+            const char *close = strchr(s + i + 1, s[i]);
+            if (close && touches_secret(s + i + 1, (size_t)(close - s - i - 1))) {
+                vg_buf_addc(&b, s[i]);
+                vg_buf_adds(&b, "***");
+                vg_buf_addc(&b, s[i]);
+                i = (size_t)(close - s) + 1;
+                continue;
+            }
+        }
+        vg_buf_addc(&b, s[i++]);
+    }
+    return vg_buf_steal(&b);
+}
+
+char *vg_dburl_redact(const char *s)
+{
+    char *out = redact_patterns(s ? s : "");
+    if (n_secrets > 0) {
+        char *masked = mask_secrets(out);
+        free(out);
+        out = masked;
+    }
+    return out;
+}
+
+/* Characters a password must percent-encode for libpq to read the URL the
+ * way it was meant ('%' only when it does not start an escape). */
+char *vg_dburl_password_problem(const char *url)
+{
+    size_t start, len;
+    const char *bad = NULL;
+    vg_buf_t b = VG_BUF_INIT;
+
+    if (!vg_dburl_password_span(url, &start, &len))
+        return NULL;
+    for (size_t i = start; i < start + len && bad == NULL; i++) {
+        char c = url[i];
+        if (c == '@')
+            bad = "'@' (write %40)";
+        else if (c == '/')
+            bad = "'/' (write %2F)";
+        else if (c == '?')
+            bad = "'?' (write %3F)";
+        else if (c == '#')
+            bad = "'#' (write %23)";
+        else if (c == '%' && (i + 2 >= start + len || hex_value(url[i + 1]) < 0 ||
+                              hex_value(url[i + 2]) < 0))
+            bad = "'%' that does not start a %XX escape (write %25)";
+        else if (c == '%' && hex_value(url[i + 1]) == 0 && hex_value(url[i + 2]) == 0)
+            bad = "%00, which libpq cannot pass on";
+    }
+    if (bad == NULL)
+        return NULL;
+    vg_buf_printf(&b, "the password in DATABASE_URL holds a raw %s: percent-encode it "
+                      "(the password itself is not shown)", bad);
     return vg_buf_steal(&b);
 }

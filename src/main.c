@@ -51,37 +51,30 @@ typedef struct {
     bool check_only;
 } cli_t;
 
-/* The host's own variables are checked before anything runs. */
+/* The host's own variables are checked before anything runs. When one of
+ * them is invalid the script does not run, and every other problem the
+ * environment shows is reported in the same configuration_invalid line, so
+ * one bad LOG_LEVEL never hides the rest. Otherwise problems are left to the
+ * script's config.load, which also knows what the script requires. */
 static int setup_logging(void)
 {
-    static const char *const host_vars[] = {"LOG_LEVEL", "LOG_FORMAT", "VG_SHUTDOWN_GRACE",
-                                            "WORKER_ID"};
     vg_buf_t errs = VG_BUF_INIT;
-    int bad = 0;
-    for (size_t i = 0; i < sizeof host_vars / sizeof host_vars[0]; i++) {
-        double num;
-        char *str, *problem;
-        if (vg_config_parse(host_vars[i], getenv(host_vars[i]), &num, &str, &problem) == 1) {
-            if (bad++) vg_buf_addc(&errs, ',');
-            vg_json_str(&errs, problem, strlen(problem));
-        }
-        free(str);
-        free(problem);
-    }
+    bool host_bad = false;
+    int bad = vg_config_env_problems(&errs, &host_bad);
     vg_log_level_t level;
     if (vg_log_parse_level(vg_config_str("LOG_LEVEL"), &level) != 0) level = VG_LOG_INFO;
     const char *fmt = vg_config_str("LOG_FORMAT");
     vg_log_setup(level, fmt && strcmp(fmt, "console") == 0 ? VG_LOG_CONSOLE : VG_LOG_JSON,
                  vg_config_worker_id());
-    if (bad) {
+    if (host_bad) {
         vg_buf_t arr = VG_BUF_INIT;
-        vg_buf_printf(&arr, "[%s]", errs.data);
+        vg_buf_printf(&arr, "[%s]", errs.data ? errs.data : "");
         vg_log(VG_LOG_CRITICAL, "configuration_invalid", VG_F_INT("count", bad),
                VG_F_RAW("errors", arr.data), VG_F_END);
         vg_buf_free(&arr);
     }
     vg_buf_free(&errs);
-    return bad ? -1 : 0;
+    return host_bad ? -1 : 0;
 }
 
 /* The shipped lua/ tree: VG_LUA_DIR, else next to the binary (installed

@@ -2,8 +2,10 @@
  * sentences a person can act on, and which SQLSTATEs are worth a retry
  * (declared in vg/pgconn.h). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "vg/dburl.h"
 #include "vg/pgconn.h"
 
 
@@ -87,6 +89,11 @@ const char *vg_pgconn_explain(const char *msg, char *buf, size_t size, const cha
     } else {
         snprintf(buf, size, "%s", first); /* libpq's own message, first line only */
     }
+    /* libpq may quote pieces of the connection string (a password among
+     * them): whoever shows this text shows it redacted. */
+    char *red = vg_dburl_redact(buf);
+    snprintf(buf, size, "%s", red);
+    free(red);
     if (kind) *kind = k;
     return buf;
 }

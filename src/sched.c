@@ -582,7 +582,7 @@ static void log_still_running(const char *event, vg_log_level_t level)
         vg_buf_addc(&b, '}');
     }
     vg_buf_addc(&b, ']');
-    vg_log(level, event, VG_F_INT("tasks_running", S.live_count), VG_F_RAW("tasks", b.data),
+    vg_log(level, event, VG_F_INT("lua_tasks", S.live_count), VG_F_RAW("tasks", b.data),
            VG_F_END);
     vg_buf_free(&b);
 }
@@ -629,7 +629,7 @@ void vg_sched_shutdown(const char *signame)
     }
     S.shutdown = true;
     vg_log(VG_LOG_INFO, "shutdown_signal_received", VG_F_STR("signal", signame),
-           VG_F_NUM("grace_seconds", S.grace_seconds), VG_F_INT("tasks_running", S.live_count),
+           VG_F_NUM("grace_seconds", S.grace_seconds), VG_F_INT("lua_tasks", S.live_count),
            VG_F_END);
     interrupt_waits();
     /* on_shutdown callbacks run as tasks of their own. */

@@ -86,6 +86,10 @@ for flavour in build build-asan; do
         "$VG_HOST_BIN" /usr/bin/busted -o TAP $SPECS
 done
 
+# The container image: built and run only where an engine really works
+# (about a minute and a half; the first run also makes the base image).
+suite "image" sh tests/image.sh --tap --if-engine
+
 if [ -f bench/run.sh ]; then
     suite "bench-smoke" env BENCH_SMOKE=1 sh bench/run.sh --tap
 fi

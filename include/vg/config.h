@@ -6,27 +6,47 @@
 #include <stdbool.h>
 #include "vg/buf.h"
 
+/* The kinds of known variables: what their values are and how they are
+ * checked. Bindings turn BOOL into booleans, INT and SECONDS into numbers,
+ * the others into strings. */
+typedef enum {
+    VG_CONFIG_STR,
+    VG_CONFIG_INT,
+    VG_CONFIG_SECONDS,
+    VG_CONFIG_BOOL,
+    VG_CONFIG_URL,
+    VG_CONFIG_FERNET,
+    VG_CONFIG_LEVEL,
+    VG_CONFIG_FORMAT,
+    VG_CONFIG_NAME,
+} vg_config_kind_t;
+
 /* Validated value of a known numeric variable, or its default when unset or
- * invalid (invalid values are reported by vg_config_check). */
+ * invalid (invalid values are reported by the script's config.load). */
 double vg_config_num(const char *name);
 /* Normalised value of a known string variable, or its default (may be NULL).
  * DATABASE_URL comes back with postgresql+asyncpg:// etc. normalised. The
  * string lives until exit. */
 const char *vg_config_str(const char *name);
-/* Validate the named variables (required ones must be set) and every known
- * variable that is set. Appends one message per problem to errs (as a JSON
- * array body: "msg","msg"); returns the number of problems. */
-int vg_config_check(const char *const *required, size_t n, vg_buf_t *errs);
+/* Every problem the environment alone shows (known variables that are set
+ * but invalid), appended to errs as a JSON array body
+ * ("msg","msg"); *host tells whether one of them is a variable the host
+ * itself uses before any script runs (LOG_LEVEL, LOG_FORMAT,
+ * VG_SHUTDOWN_GRACE, WORKER_ID). Returns the number of problems. */
+int vg_config_env_problems(vg_buf_t *errs, bool *host);
 /* The worker id, derived from WORKER_ID / RAILWAY_SERVICE_NAME /
  * RAILWAY_REPLICA_ID. */
 const char *vg_config_worker_id(void);
-/* "hostname:pid", telling apart two processes with the same worker id. */
+/* "hostname:pid:nonce" (64 random bits), telling apart two processes with
+ * the same worker id. */
 const char *vg_config_instance(void);
 
 bool vg_config_known(const char *name);
-bool vg_config_is_set(const char *name);
-/* Name of the i-th known variable, NULL past the end. */
-const char *vg_config_name(size_t i);
+/* Name (and kind, when kind is not NULL) of the i-th known variable, NULL
+ * past the end. */
+const char *vg_config_name(size_t i, vg_config_kind_t *kind);
+/* A duration: a number of seconds, or with a unit: 500ms, 30s, 10m, 1h. */
+bool vg_config_parse_duration(const char *s, double *out);
 /* Validate one value of a known variable without touching the process
  * state (value NULL or empty means unset: the default applies). Returns 0
  * ok, 1 invalid (*problem malloc'd), -1 unknown name. *str is malloc'd or

@@ -124,6 +124,11 @@ function Consumer:start(listening)
   if not ok then error(err, 0) end
   self.keeper = vg.spawn(self.keep_alive, self)
   self.fencer = vg.spawn(self.fence_loop, self)
+  -- The host's shutdown line counts Lua tasks (the loop, the heartbeat, the
+  -- keeper...); this one counts the queue's tasks in flight.
+  vg.on_shutdown(function()
+    log.info("worker_draining", { in_flight = self.n_running })
+  end)
   -- The first claim goes out at once; the first rescue check a little later.
   self.next_rescue = vg.now() + 1
 end

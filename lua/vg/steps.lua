@@ -18,7 +18,9 @@
 --                                         task's lease is lost)
 --
 -- Step environment: VG_TASK_ID, VG_CHANNEL_ID, VG_CHANNEL_NAME, VG_STEP,
--- VG_PAYLOAD (the payload as JSON) and, when the channel has credentials,
+-- VG_PAYLOAD_FILE (a file holding the payload as JSON, any size),
+-- VG_PAYLOAD (the same JSON, only when it is at most 64 KiB: the
+-- environment shares argv's limit) and, when the channel has credentials,
 -- VG_CHANNEL_CREDENTIALS. The host's own secrets (FERNET_KEY, DATABASE_URL)
 -- are removed: a step command has no business with them. Credentials are
 -- never logged; a command's stderr is quoted in errors, so commands must
@@ -35,7 +37,7 @@
 --                           VG_SCRIPTS_DIR, else the scripts/ folder next to
 --                           the lua/ folder this module was loaded from (by
 --                           name, then through links), else ./scripts
---   VG_STEP_TIMEOUT_<STEP>  seconds (default: video_generation 600,
+--   VG_STEP_TIMEOUT_<STEP>  a duration: seconds, or 500ms, 30s, 10m, 1h (default: video_generation 600,
 --                           asset_generation and video_assembly 300,
 --                           narration_generation 180, others 120)
 -- <STEP> is the step name in upper case (video_generation -> VIDEO_GENERATION).
@@ -53,6 +55,7 @@ local proc = require "vg.proc"
 local cjson = require "cjson"
 local lfs = require "lfs"
 local pipeline = require "vg.pipeline"
+local config = require "vg.config"
 local workspace = require "vg.workspace"
 
 local M = {}
@@ -68,6 +71,8 @@ M.DEFAULT_TIMEOUTS = {
 M.DEFAULT_TIMEOUT = 300       -- steps not listed above
 M.STDERR_TAIL = 800           -- bytes of stderr quoted in an error
 M.MAX_OUTPUT = 1024 * 1024    -- bytes of stdout/stderr kept per command
+M.PAYLOAD_ENV_MAX = 64 * 1024 -- VG_PAYLOAD is set only for payloads up to this size
+M.PAYLOAD_FILE = ".vg-payload.json" -- in the task's workspace: VG_PAYLOAD_FILE
 
 local EX_DATAERR, EX_TEMPFAIL = 65, 75
 
@@ -124,17 +129,122 @@ function M.command_for(step, env)
   return { "sh", M.scripts_dir(env) .. "/steps/" .. step .. ".sh" }
 end
 
+-- A step's timeout in seconds: VG_STEP_TIMEOUT_<STEP> (a duration with
+-- or without a unit: 90, 500ms, 30s, 10m, 1h), else its default.
 function M.timeout_for(step, env)
   local name = "VG_STEP_TIMEOUT_" .. env_suffix(step)
   local v = getenv(name, env)
   if v then
-    local n = tonumber(v)
+    local n = config.duration(v)
     if not n or n <= 0 then
-      error(pipeline.fatal(string.format("%s must be a positive number of seconds; got %q", name, v)), 0)
+      error(pipeline.fatal(string.format("%s must be a positive duration (500ms, 30s, 10m, 1h); got %q", name, v)), 0)
     end
     return n
   end
   return M.DEFAULT_TIMEOUTS[step] or M.DEFAULT_TIMEOUT
+end
+
+-- Is path a regular file we may execute?
+local function executable(path)
+  if lfs.attributes(path, "mode") ~= "file" then return false end
+  local perms = lfs.attributes(path, "permissions") or ""
+  return perms:find("x", 1, true) ~= nil
+end
+
+-- The program of a command, looked up as execvp does (PATH for a bare
+-- name); nil when not found.
+local function find_program(prog, env)
+  if prog:find("/", 1, true) then return lfs.attributes(prog) and prog or nil end
+  local path = getenv("PATH", env) or "/usr/local/bin:/usr/bin:/bin"
+  for dir in (path .. ":"):gmatch("([^:]*):") do
+    local full = (dir == "" and "." or dir) .. "/" .. prog
+    if lfs.attributes(full) then return full end
+  end
+  return nil
+end
+
+-- steps.check(pipes [, env]) -> problems (a list, empty when all is well).
+-- For every step of every pipeline that runs a command (a step table with
+-- `command`, as the video pipeline's have): its command's program exists
+-- and is executable, a default step script exists, its timeout is a
+-- positive duration; and every VG_STEP_<NAME> set names such a step (a
+-- typo would otherwise be ignored). Nothing is run.
+function M.check(pipes, env)
+  local problems, known = {}, {}
+  local function add(fmt, ...) problems[#problems + 1] = string.format(fmt, ...) end
+  local names = {}
+  for pname in pairs(pipes or {}) do names[#names + 1] = pname end
+  table.sort(names)
+  for _, pname in ipairs(names) do
+    for _, st in ipairs(pipes[pname].steps or {}) do
+      local step = type(st.command) == "string" and st.command or (st.command and st.name)
+      if step and not known[env_suffix(step)] then
+        known[env_suffix(step)] = true
+        local var = "VG_STEP_" .. env_suffix(step)
+        local argv = M.command_for(step, env)
+        if getenv(var, env) then
+          local full = find_program(argv[1], env)
+          if not full then
+            add("%s: %s does not exist%s", var, argv[1],
+                argv[1]:find("/", 1, true) and "" or " in PATH")
+          elseif not executable(full) then
+            add("%s: %s is not an executable file", var, full)
+          end
+        elseif lfs.attributes(argv[2], "mode") ~= "file" then
+          add("the default command of step %s, %s, does not exist (set VG_SCRIPTS_DIR to the folder holding steps/, or %s)",
+              step, argv[2], var)
+        end
+        local ok, err = pcall(M.timeout_for, step, env)
+        if not ok then add("%s", type(err) == "table" and err.message or tostring(err)) end
+      end
+    end
+  end
+  -- VG_STEP_<NAME> for no known step (from env, then the process environment).
+  local seen = {}
+  local function unknown(name)
+    local suffix = name:match("^VG_STEP_TIMEOUT_(.+)$") or name:match("^VG_STEP_(.+)$")
+    if suffix and not known[suffix] and not seen[name] then
+      seen[name] = true
+      add("%s names no step of the pipelines (known: %s)", name, (function()
+        local k = {}
+        for n in pairs(known) do k[#k + 1] = n end
+        table.sort(k)
+        return #k > 0 and table.concat(k, ", ") or "none"
+      end)())
+    end
+  end
+  for k, v in pairs(env or {}) do
+    if type(k) == "string" and v and v ~= "" then unknown(k) end
+  end
+  if not env then
+    for name, v in pairs(config.environ("VG_STEP_")) do
+      if v ~= "" then unknown(name) end
+    end
+  end
+  return problems
+end
+
+-- steps.config_check(values) -> problems: for config.load's
+-- required.check, so the step problems join the one configuration_invalid
+-- line of the worker's start-up: loads the pipelines module
+-- (values.VG_PIPELINES) and runs steps.check on it.
+function M.config_check(values)
+  values = values or {}
+  local ok, pipes = pcall(pipeline.load, values.VG_PIPELINES or "pipelines")
+  if not ok then return { tostring(pipes) } end
+  return M.check(pipes)
+end
+
+-- steps.require_ready(cfg): the start-up check of a worker: loads the
+-- pipelines module (cfg.VG_PIPELINES) and checks its steps' commands;
+-- any problem is reported in one configuration_invalid line and raised
+-- (the worker exits 1 before it claims anything).
+function M.require_ready(cfg, env)
+  cfg = cfg or {}
+  local ok, pipes = pcall(pipeline.load, cfg.VG_PIPELINES or "pipelines")
+  local problems
+  if not ok then problems = { tostring(pipes) } else problems = M.check(pipes, env) end
+  if #problems > 0 then config.fail(problems) end
 end
 
 -- The last len bytes of s, starting at a line break when there is one.
@@ -198,12 +308,40 @@ local function payload_json(payload)
   return text
 end
 
+-- The payload as JSON in a file of the task's workspace (written once per
+-- run of the task): any size the database holds reaches the step.
+local function payload_file(task, dir)
+  if task._vg_payload_file == nil then
+    local text = payload_json(task.payload)
+    local path = dir .. "/" .. M.PAYLOAD_FILE
+    local f, err = io.open(path, "wb")
+    if not f then error(pipeline.transient("cannot write the payload file: " .. tostring(err)), 0) end
+    local ok, werr = f:write(text)
+    local cok, cerr = f:close()
+    if not ok or not cok then
+      error(pipeline.transient("cannot write the payload file: " .. tostring(werr or cerr)), 0)
+    end
+    task._vg_payload_text, task._vg_payload_file = text, path
+  end
+  return task._vg_payload_text, task._vg_payload_file
+end
+
 -- steps.options(cfg [, opts]) -> the opts table for consumer.new. cfg: the
 -- values of config.load (VG_WORKSPACE, VG_REVIEW_GATES, FERNET_KEY);
 -- opts.env: a table consulted before the process environment for VG_STEP_*,
 -- VG_STEP_TIMEOUT_* and VG_SCRIPTS_DIR (tests, embedding).
+--
+-- Called without opts, as lua/worker.lua calls it before the worker claims
+-- anything, it first checks every step command (steps.require_ready): a
+-- missing or non-executable program, a missing default script or a bad
+-- timeout stops the worker with one configuration_invalid line instead of
+-- failing tasks after their paid steps. opts.check = true / false forces
+-- or skips that check.
 function M.options(cfg, opts)
   cfg = cfg or {}
+  local check = opts == nil
+  if opts and opts.check ~= nil then check = opts.check end
+  if check then M.require_ready(cfg, opts and opts.env) end
   local env_over = opts and opts.env
   local root = cfg.VG_WORKSPACE or "./workspace"
   local global_gates = cfg.VG_REVIEW_GATES ~= false
@@ -252,12 +390,16 @@ function M.options(cfg, opts)
     function ctx.run(argv, opts)
       local o = {}
       for k, v in pairs(opts or {}) do o[k] = v end
+      local text, file = payload_file(task, ctx.workspace)
       local env = {
         VG_TASK_ID = tostring(task.id),
         VG_CHANNEL_ID = task.channel_id,
         VG_CHANNEL_NAME = channel.name ~= db.null and channel.name or "",
         VG_STEP = step_name,
-        VG_PAYLOAD = payload_json(task.payload),
+        VG_PAYLOAD_FILE = file,
+        -- The environment shares argv's limit (about 128 KiB per string):
+        -- larger payloads come only through the file.
+        VG_PAYLOAD = #text <= M.PAYLOAD_ENV_MAX and text or false,
         VG_CHANNEL_CREDENTIALS = decrypt(channel) or false,
         FERNET_KEY = false,
         DATABASE_URL = false,

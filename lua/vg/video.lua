@@ -170,6 +170,7 @@ SELECT coalesce(sum(cost_usd), 0)::text AS usd FROM video_costs WHERE task_id = 
 local function step(name, check, review)
   return {
     name = name,
+    command = name, -- runs VG_STEP_<NAME> (checked at start-up by vg.steps)
     review = review or nil,
     run = function(ctx)
       local out = ctx.command(name)

@@ -146,7 +146,8 @@ vg_test_hooks() {
 
 # --- payload -----------------------------------------------------------------
 
-# Parses VG_PAYLOAD (unset or empty means {}) and sets:
+# Parses the payload, from the file VG_PAYLOAD_FILE names (any size), else
+# VG_PAYLOAD (unset or empty means {}), and sets:
 #   TITLE      title, one line, at most 80 characters, default "Untitled"
 #   TOPIC      topic, one line, may be empty
 #   NARRATION  narration text (payload's, or derived from title and topic)
@@ -157,9 +158,18 @@ vg_test_hooks() {
 # Exits 65 when the payload is not one JSON object or a field has the
 # wrong type.
 vg_parse_payload() {
-    _payload=${VG_PAYLOAD:-}
-    [ -n "$_payload" ] || _payload='{}'
-    _vars=$(printf '%s' "$_payload" | jq -rs '
+    if [ -n "${VG_PAYLOAD_FILE:-}" ]; then
+        [ -r "$VG_PAYLOAD_FILE" ] || die_data "VG_PAYLOAD_FILE names $VG_PAYLOAD_FILE, which cannot be read"
+        _payload_cmd="cat"
+    else
+        _payload=${VG_PAYLOAD:-}
+        [ -n "$_payload" ] || _payload='{}'
+        _payload_cmd="printf %s"
+    fi
+    vg_payload_text() {
+        if [ "$_payload_cmd" = cat ]; then cat "$VG_PAYLOAD_FILE"; else printf '%s' "$_payload"; fi
+    }
+    _vars=$(vg_payload_text | jq -rs '
         def fail(m): error("invalid payload: " + m);
         def int_field(v; d; lo; hi; name):
             (if v == null then d
@@ -214,7 +224,7 @@ vg_parse_payload() {
           "SCENES=\($scenes)",
           "SPS=\($sps)",
           "TOTAL=\($scenes * $sps)"
-    ') || die_data "VG_PAYLOAD is not valid (see the message above); expected a JSON object such as {\"title\":\"...\",\"scenes\":3}"
+    ') || die_data "the payload is not valid (see the message above); expected a JSON object such as {\"title\":\"...\",\"scenes\":3}"
     eval "$_vars"
 }
 

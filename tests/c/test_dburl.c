@@ -149,6 +149,84 @@ static void test_long(void)
     free(url);
 }
 
+/* Passwords found by their position in the URL, whatever they hold. */
+static void test_password_span(void)
+{
+    static const char *const cases[][2] = {
+        {"postgresql://u:MySecret%@host/db", "MySecret%"},
+        {"postgresql://u:se@cret@host/db", "se@cret"},
+        {"postgresql://u:se:cr:et@host/db", "se:cr:et"},
+        {"postgresql://u:se/cret@host/db", "se/cret"},
+        {"postgresql://u:s\xc3\xa9" "cr\xe2\x82\xac" "et@host/db", "s\xc3\xa9" "cr\xe2\x82\xac" "et"},
+        {"postgresql://u:a%2Fb@host/db", "a%2Fb"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t start = 0, len = 0;
+        bool found = vg_dburl_password_span(cases[i][0], &start, &len);
+        CHECK(found && len == strlen(cases[i][1]) &&
+                  memcmp(cases[i][0] + start, cases[i][1], len) == 0,
+              "password span of %s", cases[i][0]);
+    }
+    size_t st, ln;
+    CHECK(!vg_dburl_password_span("postgresql://u@host/db", &st, &ln), "no password");
+    CHECK(!vg_dburl_password_span("postgresql://host/db", &st, &ln), "no credentials");
+}
+
+/* The parser's messages quote pieces of a password; once the URL has been
+ * normalised, every redacted message hides them. */
+static void test_redact_remembered(void)
+{
+    const char *why;
+    char *n1 = vg_dburl_normalise("postgresql://u:MySecret%@host/db", &why);
+    char *n2 = vg_dburl_normalise("postgres://u:pass/word@host/db", &why);
+    char *n3 = vg_dburl_normalise("postgresql://u:p%C3%A4ss%40wd@host/db", &why);
+    static const char *const msgs[] = {
+        "invalid percent-encoded token: \"MySecret%\"",
+        "invalid integer value \"pass\" for connection option \"port\"",
+        "could not translate host name \"word@host\" to address",
+        "wrong: p\xc3\xa4ss@wd and p%C3%A4ss%40wd",
+    };
+    static const char *const secrets[] = {"MySecret", "pass", "word", "p\xc3\xa4ss", "C3%A4ss"};
+    for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++) {
+        char *red = vg_dburl_redact(msgs[i]);
+        for (size_t k = 0; k < sizeof secrets / sizeof secrets[0]; k++)
+            CHECK(strstr(red, secrets[k]) == NULL, "\"%s\" hides %s: %s", msgs[i], secrets[k], red);
+        CHECK(strstr(red, "***") != NULL, "\"%s\" shows stars", msgs[i]);
+        free(red);
+    }
+    char *plain = vg_dburl_redact("connection refused: is the server running?");
+    CHECK_STREQ(plain, "connection refused: is the server running?", "other text is kept");
+    free(plain);
+    free(n1);
+    free(n2);
+    free(n3);
+}
+
+static void test_password_problem(void)
+{
+    static const char *const bad[] = {
+        "postgresql://u:MySecret%@host/db", "postgresql://u:se@cret@host/db",
+        "postgresql://u:se/cret@host/db", "postgresql://u:a%zzb@host/db",
+        "postgresql://u:a%00b@host/db",
+    };
+    static const char *const good[] = {
+        "postgresql://u:se:cret@host/db", "postgresql://u:s%40e%2Fc%25@host/db",
+        "postgresql://u:s\xc3\xa9" "cret@host/db", "postgresql://u@host/db", "postgresql://host/db",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *p = vg_dburl_password_problem(bad[i]);
+        CHECK(p != NULL && strstr(p, "percent-encode") != NULL, "refuses %s", bad[i]);
+        CHECK(p == NULL || (strstr(p, "cret") == NULL && strstr(p, "MySecret") == NULL),
+              "never quotes the password: %s", p ? p : "");
+        free(p);
+    }
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char *p = vg_dburl_password_problem(good[i]);
+        CHECK(p == NULL, "accepts %s", good[i]);
+        free(p);
+    }
+}
+
 int main(void)
 {
     test_normalise_accepts();
@@ -156,5 +234,8 @@ int main(void)
     test_redact();
     test_describe();
     test_long();
+    test_password_span();
+    test_password_problem();
+    test_redact_remembered();
     return check_done();
 }
