@@ -309,6 +309,19 @@ describe("db.wait_ready", function()
     pool:close(0)
   end)
 
+  it("waits its whole timeout before giving up, with a last try at its end", function()
+    -- With back-off 0.2, 0.4, 0.8, 1.6 s, a timeout of 2 s used to end at the
+    -- third try (1.4 s in), as the next back-off did not fit.
+    local pool = new_pool { url = "postgresql://127.0.0.1:1/nothing", connect_timeout = 1 }
+    local t0 = vg.now()
+    local ok, err = pcall(pool.wait_ready, pool, 2)
+    assert.is_false(ok)
+    assert.equal("database_unreachable", err.code)
+    assert.is_true(vg.now() - t0 >= 2, "gave up before its timeout")
+    assert.is_true(pool:stats().failed_total >= 5, "expected a last try at the end")
+    pool:close(0)
+  end)
+
   it("explains an unknown database and an unknown user, and stops at the first attempt", function()
     -- A timeout long enough that a retry would certainly come first: these
     -- failures are permanent.

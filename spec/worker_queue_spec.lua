@@ -223,6 +223,25 @@ describe_db("worker processes", function()
     assert.is_nil(host.find(lines, "worker_heartbeat") and host.find(lines, "worker_heartbeat").correlation_id)
   end)
 
+  it("starts during a PostgreSQL restart: waits for the server instead of exiting 1", function()
+    local pgdir = os.getenv("PGTMP_DIR")
+    if not pgdir then return pending("needs the throw-away cluster (PGTMP_DIR)") end
+    tdb.channel("c1")
+    local id = tdb.enqueue("c1", 1, { pipeline = "record" })[1]
+    local restart = require("vg.proc").spawn({ "sh", "tests/pgtmp.sh", "restart", pgdir })
+    local env = tdb.worker_env { WORKER_ID = "early", VG_DB_CONNECT_TIMEOUT = "60" }
+    local p = host.spawn({ "lua/worker.lua" }, { env = env })
+    procs[#procs + 1] = p
+    assert.equal(0, restart:wait(60).code)
+    assert.truthy(host.wait_event(p, "database_connected", 60), "the worker did not connect")
+    assert.is_true(tdb.eventually(function()
+      local ok, st = pcall(status_of, id)
+      return ok and st == "completed"
+    end, 60))
+    local r = stop(p)
+    assert.equal(0, r.code, r.stdout:sub(-2000))
+  end)
+
   it("survives a PostgreSQL restart in the middle of a run", function()
     local pgdir = os.getenv("PGTMP_DIR")
     if not pgdir then return pending("needs the throw-away cluster (PGTMP_DIR)") end
