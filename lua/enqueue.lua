@@ -28,11 +28,7 @@ usage: vg-host lua/enqueue.lua --channel ID [--pipeline NAME] [--priority high|n
                                [PAYLOAD_JSON | - | --payload-file PATH]
 The payload is a JSON object; - reads it from stdin.]==]
 
-local function usage(msg)
-  if msg then io.stderr:write("enqueue: ", msg, "\n") end
-  io.stderr:write(USAGE, "\n")
-  os.exit(2)
-end
+local usage = admin.usage("enqueue", USAGE)
 
 local function parse(argv)
   local o = { pipeline = "video", priority = "normal" }

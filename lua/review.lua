@@ -17,6 +17,7 @@
 require("vg.log").to_stderr()
 local db = require "vg.db"
 local config = require "vg.config"
+local admin = require "vg.admin"
 local cjson = require "cjson"
 
 local USAGE = [==[
@@ -24,11 +25,7 @@ usage: vg-host lua/review.lua list
        vg-host lua/review.lua approve TASK_ID --actor NAME [--reason TEXT]
        vg-host lua/review.lua reject  TASK_ID --actor NAME [--reason TEXT]]==]
 
-local function usage(msg)
-  if msg then io.stderr:write("review: ", msg, "\n") end
-  io.stderr:write(USAGE, "\n")
-  os.exit(2)
-end
+local usage = admin.usage("review", USAGE)
 
 local function parse(argv)
   local o = { command = argv[1] }
@@ -143,5 +140,5 @@ local function main(...)
   return 0
 end
 
-local res = require("vg.admin").run("review", main, ...)
+local res = admin.run("review", main, ...)
 if res ~= 0 then os.exit(res) end

@@ -14,6 +14,7 @@
 #include <strings.h>
 
 #include "vg/buf.h"
+#include "vg/util.h"
 
 /* Passwords of every URL normalised so far (raw and percent-decoded), masked
  * wherever vg_dburl_redact finds them: libpq's messages quote pieces of a
@@ -195,17 +196,6 @@ static char *redact_patterns(const char *s)
 
 /* ---- describe ----------------------------------------------------------- */
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Append s[0..n) percent-decoded (libpq decodes host and dbname, so a socket
  * directory may arrive as %2Fvar%2Frun%2Fpostgresql). "%00" and malformed
  * escapes are kept literally. */
@@ -214,8 +204,8 @@ static void add_decoded(vg_buf_t *b, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         int hi = -1, lo = -1;
         if (s[i] == '%' && i + 2 < n) {
-            hi = hex_value(s[i + 1]);
-            lo = hex_value(s[i + 2]);
+            hi = vg_hex_digit(s[i + 1]);
+            lo = vg_hex_digit(s[i + 2]);
         }
         if (hi >= 0 && lo >= 0 && (hi | lo) != 0) {
             vg_buf_addc(b, (char)(hi << 4 | lo));
@@ -457,10 +447,10 @@ char *vg_dburl_password_problem(const char *url)
             bad = "'?' (write %3F)";
         else if (c == '#')
             bad = "'#' (write %23)";
-        else if (c == '%' && (i + 2 >= start + len || hex_value(url[i + 1]) < 0 ||
-                              hex_value(url[i + 2]) < 0))
+        else if (c == '%' && (i + 2 >= start + len || vg_hex_digit(url[i + 1]) < 0 ||
+                              vg_hex_digit(url[i + 2]) < 0))
             bad = "'%' that does not start a %XX escape (write %25)";
-        else if (c == '%' && hex_value(url[i + 1]) == 0 && hex_value(url[i + 2]) == 0)
+        else if (c == '%' && vg_hex_digit(url[i + 1]) == 0 && vg_hex_digit(url[i + 2]) == 0)
             bad = "%00, which libpq cannot pass on";
     }
     if (bad == NULL)

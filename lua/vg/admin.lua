@@ -68,6 +68,16 @@ local function shipped_versions()
 end
 
 -- nil when the schema is there and up to date, else what is wrong.
+-- admin.usage(name, text) -> usage(msg): prints "name: msg" (when given)
+-- and the usage text on stderr, and exits 2 (a usage error).
+function M.usage(name, text)
+  return function(msg)
+    if msg then io.stderr:write(name, ": ", msg, "\n") end
+    io.stderr:write(text, "\n")
+    os.exit(2)
+  end
+end
+
 function M.schema_problem()
   local db = require "vg.db"
   local row = db.query([[SELECT to_regclass('schema_migrations') IS NOT NULL AS migrations,
