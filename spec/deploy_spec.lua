@@ -148,7 +148,38 @@ describe("a database script", function()
           assert.is_nil(r.stderr:find("traceback", 1, true), r.stderr)
         end
       end
+      -- The worker says so in its critical line, before it claims anything.
+      local r = run({ "lua/worker.lua" }, url)
+      assert.equal(1, r.code, output(r))
+      local crit = host.find(host.lines(r.stdout), "database_not_migrated")
+      assert.is_not_nil(crit, r.stdout)
+      assert.matches("run `vg-host lua/migrate.lua`", crit.error, 1, true)
     end)
+  end)
+end)
+
+describe("lua/worker.lua", function()
+  it("answers --help with its usage instead of starting a worker", function()
+    local r = host.run({ "lua/worker.lua", "--help" })
+    assert.equal(0, r.code)
+    assert.matches("usage: vg-host lua/worker.lua", r.stdout, 1, true)
+    assert.is_nil(r.stdout:find("worker_started", 1, true))
+    r = host.run({ "lua/worker.lua", "--bogus" })
+    assert.equal(2, r.code)
+    assert.matches("unexpected argument '--bogus'", r.stderr, 1, true)
+  end)
+
+  it("reports its step settings with the other configuration problems, in one line", function()
+    local r = host.run({ "lua/worker.lua" }, { env = host.env {
+      VG_CONCURRENCY = "many", VG_STEP_VIDEO_GENERATION = "/nonexistent/gen-video",
+    } })
+    assert.equal(1, r.code)
+    local lines = host.lines(r.stdout)
+    assert.equal(1, #lines, r.stdout)
+    local all = table.concat(lines[1].errors, "\n")
+    assert.equal("configuration_invalid", lines[1].event)
+    assert.matches("VG_CONCURRENCY", all)
+    assert.matches("VG_STEP_VIDEO_GENERATION: /nonexistent/gen-video does not exist", all, 1, true)
   end)
 end)
 
