@@ -78,7 +78,9 @@ function M.new(cfg, opts)
     after_step = opts.after_step,
   }
   if c.batch then
-    c.env.complete = function(task, result) return c:complete_batched(task, result) end
+    c.env.complete = function(task, result)
+      return c:retrying(task, c.complete_batched, c, task, result)
+    end
   end
   c.running = {}          -- task id -> { task = row, handle = vg task }
   c.n_running = 0
