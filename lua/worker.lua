@@ -40,8 +40,9 @@ worker.run {
       listening:cancel()
       return
     end
-    local problem = require("vg.admin").schema_problem()
-    if problem then
+    -- (A server that went away again meanwhile is retried by c:start.)
+    local sok, problem = pcall(require("vg.admin").schema_problem)
+    if sok and problem then
       log.critical("database_not_migrated", { error = problem })
       os.exit(1)
     end

@@ -234,11 +234,12 @@ describe_db("worker processes", function()
     procs[#procs + 1] = p
     assert.equal(0, restart:wait(60).code)
     assert.truthy(host.wait_event(p, "database_connected", 60), "the worker did not connect")
-    assert.is_true(tdb.eventually(function()
+    local done = tdb.eventually(function()
       local ok, st = pcall(status_of, id)
       return ok and st == "completed"
-    end, 60))
+    end, 60)
     local r = stop(p)
+    assert.is_true(done, "the task did not complete; the worker logged: " .. r.stdout:sub(-3000))
     assert.equal(0, r.code, r.stdout:sub(-2000))
   end)
 

@@ -114,16 +114,49 @@ end
 -- Before the loop: LISTEN and the workers row (listening: the task of
 -- M.listen, else one is started here), then the keeper (renewals) and the
 -- fencer (the safety rule's clock).
+-- Run fn in a task of its own for at most timeout seconds: true, or false
+-- and why (its error, or a timeout, after which it is cancelled).
+local function within(timeout, fn, ...)
+  local t = vg.spawn(fn, ...)
+  local ok, a, b = pcall(t.join, t, timeout)
+  if not ok then
+    if vg.is_cancelled(a) then t:cancel(); error(a, 0) end
+    return false, a
+  end
+  if a == nil and not t:done() then
+    t:cancel()
+    return false, "no answer within " .. timeout .. " s"
+  end
+  return a ~= false, b
+end
+
 function Consumer:start(listening)
   listening = listening or M.listen(self.cfg)
-  local ok, err = pcall(self.queue.register, self.queue, "running", self:counts(), vg.version)
-  local listened, lerr = listening:join()
-  if not listened then
-    -- Tried before the database could be reached: again, now that it can.
-    listened, lerr = M.listen(self.cfg):join()
-    if not listened then error(lerr, 0) end
+  local register = function()
+    self.queue:register("running", self:counts(), vg.version)
+    return true
   end
-  if not ok then error(err, 0) end
+  local ok, err = within(5, register)
+  local listened, lerr = listening:join()
+  -- Either may have been tried before the server could be reached, or while
+  -- it restarted: again, with back-off, each try bounded, until
+  -- VG_DB_CONNECT_TIMEOUT.
+  local deadline = vg.now() + (self.cfg.VG_DB_CONNECT_TIMEOUT or 30)
+  local backoff = 0.2
+  while not (ok and listened) do
+    if vg.now() >= deadline then error(ok and lerr or err, 0) end
+    log.warning("worker_start_retry", { error = tostring(ok and lerr or err), retry_in = backoff })
+    if not vg.sleep(math.min(backoff, deadline - vg.now())) then return end -- shutdown
+    backoff = math.min(backoff * 2, 2)
+    if not ok then ok, err = within(5, register) end
+    if not listened then
+      listened, lerr = within(5, function()
+        local lok, e = M.listen(self.cfg):join()
+        if not lok then error(e, 0) end
+        return true
+      end)
+    end
+  end
   self.keeper = vg.spawn(self.keep_alive, self)
   self.fencer = vg.spawn(self.fence_loop, self)
   -- The host's shutdown line counts Lua tasks (the loop, the heartbeat, the
