@@ -299,3 +299,55 @@ describe("vg.event", function()
     assert.is_true(t2:join())
   end)
 end)
+
+describe("the time slice (VG_TASK_SLICE)", function()
+  after_each(host.cleanup)
+
+  local function run(body)
+    return host.run({ host.script(body) }, { env = host.env { VG_TASK_SLICE = "0.3" } })
+  end
+
+  it("ends a task that never yields, however it catches errors, and the others go on", function()
+    local r = run([[
+      local vg = require "vg"
+      local ticks = 0
+      local ticker = vg.spawn(function()
+        for _ = 1, 5 do vg.sleep(0.05); ticks = ticks + 1 end
+      end)
+      local hog = vg.spawn(function()
+        while true do pcall(function() while true do end end) end
+      end)
+      local ok, err = pcall(hog.join, hog)
+      ticker:join()
+      print(ok, err.code, err.retriable, ticks)
+    ]])
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("false\tslice_exceeded\ttrue\t5", r.stdout, 1, true)
+    local line = host.find(host.lines(r.stdout:match("^(.-)\n[^\n]*\n$") or ""), "task_slice_exceeded")
+    assert.is_not_nil(line, r.stdout)
+    assert.matches("without yielding", line.error)
+    assert.matches("stack traceback", line.traceback)
+  end)
+
+  it("raises at every check where the task cannot yield, until it gets out", function()
+    local r = run([[
+      local vg = require "vg"
+      local caught = 0
+      local t = vg.spawn(function()
+        local list = { 3, 2, 1 }
+        -- Inside a comparator the task cannot yield: the slice raises there,
+        -- and again at each later check while it keeps catching.
+        for _ = 1, 3 do
+          local ok, err = pcall(table.sort, list, function(a, b)
+            while true do end
+          end)
+          if not ok and tostring(err):find("slice_exceeded") then caught = caught + 1 end
+        end
+        return caught
+      end)
+      print("caught", t:join())
+    ]])
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("caught\t3", r.stdout, 1, true)
+  end)
+end)
