@@ -4,9 +4,9 @@
 # the exact apt-get line.
 set -eu
 
-PACKAGES="gcc make pkg-config liblua5.4-dev lua5.4 libuv1-dev libpq-dev libssl-dev \
+PACKAGES="gcc make pkg-config liblua5.4-dev lua5.4 libuv1-dev libpq-dev libssl-dev libhttp-parser-dev \
 lua-cjson lua-filesystem lua-busted postgresql postgresql-contrib procps \
-ffmpeg espeak-ng sox jq fonts-dejavu-core socat"
+ffmpeg espeak-ng sox jq fonts-dejavu-core socat curl"
 
 missing=""
 for p in $PACKAGES; do
