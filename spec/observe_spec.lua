@@ -165,6 +165,39 @@ describe_db("worker /healthz and /metrics", function()
     assert.are.equal(0, p:wait(60).code)
   end)
 
+  it("refuses malformed, oversized and slow requests without harming the worker's tasks", function()
+    local port = free_port()
+    local p = worker("b1", { VG_HTTP_PORT = tostring(port), VG_CONCURRENCY = "2" })
+    assert.truthy(host.wait_event(p, "worker_started"))
+    tdb.channel("c1")
+    local ids = tdb.enqueue("c1", 20, { pipeline = "three", payload = { sleep = 0.02 } })
+    -- Slow clients that never finish their requests, up to the limit.
+    local slow = {}
+    for i = 1, 40 do
+      slow[i] = proc.spawn({ "sh", "-c", "(printf 'GET /healthz HTTP/1.1\\r\\nX: '; exec sleep 60) | "
+                             .. "{ socat -t 1 - TCP:127.0.0.1:" .. port .. "; echo closed; }" }, {})
+    end
+    -- Garbage, oversized headers, a body where none is allowed.
+    local r = proc.run({ "socat", "-t", "5", "-", "TCP:127.0.0.1:" .. port }, { stdin = "\0\1\2 GARBAGE\r\n\r\n" })
+    assert.is_truthy(r.stdout:match("^HTTP/1.1 [45]0%d"))
+    local code = curl("http://127.0.0.1:" .. port .. "/metrics", { "-H", "X-Big: " .. string.rep("a", 20000) })
+    assert.is_truthy(code == 431 or code == 503)
+    code = curl("http://127.0.0.1:" .. port .. "/healthz", { "--data", "x" })
+    assert.is_truthy(code == 413 or code == 405 or code == 503)
+    -- The tasks finish all the same.
+    assert.is_true(tdb.eventually(function()
+      return tdb.count("SELECT count(*) FROM tasks WHERE status = 'completed'") == #ids
+    end, 120))
+    -- The slow clients were cut off, and the port answers again.
+    for _, s in ipairs(slow) do
+      assert.is_truthy(s:wait_output("closed", 60, { plain = true }))
+      s:kill("KILL", { group = true })
+    end
+    assert.is_true(tdb.eventually(function() return (curl("http://127.0.0.1:" .. port .. "/healthz")) == 200 end, 30))
+    p:kill("TERM")
+    assert.are.equal(0, p:wait(60).code)
+  end)
+
   it("is off without VG_HTTP_PORT", function()
     local env = tdb.worker_env()
     env.VG_HTTP_PORT = nil
