@@ -49,7 +49,7 @@ for i = 1, 64 do B64_INDEX[B64:sub(i, i)] = i - 1 end
 
 -- Standard base64 (with padding) -> bytes, or nil.
 function M.b64decode(s)
-  if #s % 4 ~= 0 or #s > 4096 then return nil end
+  if #s % 4 ~= 0 then return nil end
   local out, n = {}, 0
   for i = 1, #s, 4 do
     local a, b, c, d = s:byte(i, i + 3)
