@@ -6,9 +6,11 @@
  *               max_body_bytes=, request_timeout=} -> Server
  *       Listens at once (no task needed). port 0 picks a free port.
  *       Raises listen_failed (with reason "EADDRINUSE", ...) when it cannot.
- *   server:next() -> request, responder | nil
+ *   server:next([{interruptible=false}]) -> request, responder | nil
  *       Waits for the next complete request (from a task; one task at a
- *       time). nil once shutdown was requested or the server is closed.
+ *       time). nil once the server is closed, and (unless interruptible is
+ *       false: the server keeps serving through the shutdown grace until
+ *       it is closed) once shutdown was requested.
  *       request = {method=, target=, headers={name(lower-case)=value},
  *                  body=, remote=}
  *   responder:send(status, headers, body)
@@ -188,7 +190,7 @@ static void next_cleanup(void *op)
     s->waiter = NULL;
 }
 
-static int next_wait(lua_State *L, l_server_t *s)
+static int next_wait(lua_State *L, l_server_t *s, unsigned flags)
 {
     for (;;) {
         if (s->srv && !s->closing) {
@@ -198,23 +200,22 @@ static int next_wait(lua_State *L, l_server_t *s)
                 return 2;
             }
         }
-        if (!s->srv || s->closing || vg_shutdown_requested()) {
+        if (!s->srv || s->closing || ((flags & VG_WAIT_INTERRUPTIBLE) && vg_shutdown_requested())) {
             lua_pushnil(L);
             return 1;
         }
         vg_task_t *t = vg_task_current(L);
         if (s->waiter && s->waiter != t) return luaL_error(L, "another task waits on this server");
         s->waiter = t;
-        vg_task_wait(t, VG_WAIT_INTERRUPTIBLE, -1, next_cleanup, s);
+        vg_task_wait(t, flags, -1, next_cleanup, s);
         vg_task_wait_label(t, "http request");
-        return vg_task_yield(L, (lua_KContext)0, next_k);
+        return vg_task_yield(L, (lua_KContext)flags, next_k);
     }
 }
 
 static int next_k(lua_State *L, int status, lua_KContext ctx)
 {
     (void)status;
-    (void)ctx;
     server_ud_t *u = luaL_checkudata(L, 1, SERVER_MT);
     if (u->s) u->s->waiter = NULL;
     vg_wake_t why = vg_task_woken(L); /* raises when cancelled */
@@ -222,15 +223,21 @@ static int next_k(lua_State *L, int status, lua_KContext ctx)
         lua_pushnil(L);
         return 1;
     }
-    return next_wait(L, u->s);
+    return next_wait(L, u->s, (unsigned)ctx);
 }
 
 static int l_server_next(lua_State *L)
 {
     l_server_t *s = check_server(L);
     if (!s) return luaL_error(L, "attempt to use a closed server");
+    unsigned flags = VG_WAIT_INTERRUPTIBLE;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "interruptible");
+        if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) flags = 0;
+        lua_pop(L, 1);
+    }
     lua_settop(L, 1);
-    return next_wait(L, s);
+    return next_wait(L, s, flags);
 }
 
 static int l_server_port(lua_State *L)

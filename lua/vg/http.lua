@@ -10,6 +10,8 @@
 --     },
 --     -- limits (defaults): max_connections 64, max_header_bytes 16 KiB,
 --     -- max_body_bytes 1 MiB, request_timeout 10 s (the whole request)
+--     serve_during_shutdown = false,  -- true: keep serving through the
+--                                     -- grace until srv:close()
 --   }
 --   srv:port(), srv:stats(), srv:close(), srv.task (the accepting task)
 --
@@ -21,8 +23,8 @@
 -- logged and answered 500 without its details. Unknown paths get 404, a
 -- known path with another method 405.
 --
--- At shutdown the server stops listening and closes connections that have
--- not sent a whole request; requests being answered finish within the
+-- At shutdown (or at srv:close() with serve_during_shutdown) the server
+-- stops listening and closes connections that have not sent a whole request; requests being answered finish within the
 -- shutdown grace (the host cancels them at its end, and their connections
 -- get 500 and are closed).
 local vg = require "vg"
@@ -131,9 +133,10 @@ function M.serve(opts)
   function server.stats() return srv:stats() end
   function server.close() srv:close() end
   log.info("http_listening", { host = opts.host or "127.0.0.1", port = srv:port() })
+  local wait = { interruptible = not opts.serve_during_shutdown }
   server.task = vg.spawn(function()
     while true do
-      local req, res = srv:next()
+      local req, res = srv:next(wait)
       if not req then break end
       vg.spawn(function()
         local ok, err = pcall(handle, routes, prefixes, req, res)

@@ -211,6 +211,8 @@ function M.serve(cfg, consumer)
   server = http.serve {
     host = cfg.VG_HTTP_HOST or "0.0.0.0", port = cfg.VG_HTTP_PORT,
     max_connections = 32, max_body_bytes = 0, request_timeout = 10,
+    -- Through the drain: /healthz says shutting_down, /metrics shows it.
+    serve_during_shutdown = true,
     routes = {
       ["/healthz"] = function()
         local status, body = M.health(cfg, consumer())
@@ -222,10 +224,16 @@ function M.serve(cfg, consumer)
       end,
     },
   }
+  M.server = server
   return server
 end
 
+-- After the worker's drain (lua/worker.lua's stop): the listener closes.
 function M.close()
+  if M.server then
+    M.server.close()
+    M.server = nil
+  end
   if health_pool then
     local p = health_pool
     health_pool = nil
