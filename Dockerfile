@@ -4,7 +4,7 @@
 FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      gcc make pkg-config libc6-dev liblua5.4-dev libuv1-dev libpq-dev libssl-dev \
+      gcc make pkg-config libc6-dev liblua5.4-dev libuv1-dev libpq-dev libssl-dev libhttp-parser-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile VERSION ./
@@ -20,7 +20,7 @@ FROM debian:bookworm-slim AS runtime
 # grandchildren of pipeline step commands.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      liblua5.4-0 libuv1 libpq5 libssl3 lua-cjson lua-filesystem tini ca-certificates \
+      liblua5.4-0 libuv1 libpq5 libssl3 libhttp-parser2.9 lua-cjson lua-filesystem tini ca-certificates \
       ffmpeg espeak-ng sox jq fonts-dejavu-core \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --create-home --home-dir /app --shell /usr/sbin/nologin vg

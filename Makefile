@@ -10,7 +10,7 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=gnu11 $(WARN) $(CFLAGS) -Iinclude $(PKG_CFLAGS) -DVG_VERSION='"$(VERSION)"'
-LDLIBS   = $(PKG_LIBS) -lm
+LDLIBS   = $(PKG_LIBS) -lhttp_parser -lm
 
 SRC      := $(wildcard src/*.c)
 LIB_SRC  := $(filter-out src/main.c,$(SRC))
@@ -28,7 +28,7 @@ endif
 OBJ      := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRC))
 LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 
-.PHONY: all deps test test-c test-asan asan demo bench bench-smoke chaos install clean check-deps image-test
+.PHONY: all deps test test-c test-asan asan demo bench bench-smoke chaos install clean check-deps image-test test-e2e
 
 all: $(BUILD)/vg-host
 
@@ -57,6 +57,11 @@ test: deps
 	$(MAKE) all ctests
 	$(MAKE) asan
 	@sh tests/run.sh
+
+# Real Prometheus and headless Chromium against real workers and lua/web.lua
+# (tests/e2e.sh); about half a minute; not part of make test.
+test-e2e: deps all
+	@sh tests/e2e.sh
 
 demo: deps all
 	@sh scripts/demo.sh

@@ -66,6 +66,7 @@ local P = {
   delayed_per_round = SMOKE and 4 or 10,
   idle_seconds = num_env("BENCH_IDLE_SECONDS", SMOKE and 3 or 30),
   startstop_reps = SMOKE and 1 or 5,
+  scrapes = math.floor(num_env("BENCH_SCRAPES", SMOKE and 3 or 30)),  -- /metrics, one a second
 }
 
 local FERNET_KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" -- 32 zero bytes; never used
@@ -674,10 +675,23 @@ end
 
 -- ---------------------------------------------------------------- idle
 
-local function run_idle()
+-- A free TCP port on 127.0.0.1 (bound, then released).
+local function free_port()
+  local srv = require("vg.http").serve { port = 0, routes = {} }
+  local port = srv.port()
+  srv.close()
+  srv.task:join()
+  return port
+end
+
+-- key: where the result goes (results[key]); extra: the worker's settings.
+local function run_idle(key, extra)
+  key = key or "idle"
   seed(0)
-  say("idle: one worker for %s s", P.idle_seconds)
-  local p = spawn_worker({ WORKER_ID = "bench-idle" })
+  say("%s: one worker for %s s", key, P.idle_seconds)
+  local env = { WORKER_ID = "bench-idle" }
+  for k, v in pairs(extra or {}) do env[k] = v end
+  local p = spawn_worker(env)
   wait_line(p, "database_connected")
   nap(1.5) -- its start-up statements are not idle cost
   local pid = p:pid()
@@ -715,9 +729,37 @@ local function run_idle()
     res.statements_method = "pg_stat_database xact (approximate)"
     res.statements_per_s = round(math.max(0, x1 - x0 - 3) / secs, 3)
   end
-  results.idle = res
+  results[key] = res
   if not alive then error("the idle worker exited", 0) end
   return res
+end
+
+-- /metrics latency: a worker with VG_HTTP_PORT works through a backlog of
+-- noop tasks while /metrics is scraped once a second (as Prometheus would,
+-- with curl's time_total: connect, request, whole answer).
+local function run_scrapes()
+  seed(P.tasks)
+  local port = free_port()
+  say("metrics: %d scrapes, one a second, of a busy worker", P.scrapes)
+  local p = spawn_worker({ WORKER_ID = "bench-scrape", VG_HTTP_PORT = tostring(port),
+                           VG_HTTP_HOST = "127.0.0.1", VG_CONCURRENCY = "10" })
+  wait_line(p, "database_connected")
+  local ms, busy = {}, 0
+  for _ = 1, P.scrapes do
+    local r = proc.run({ "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
+                         "http://127.0.0.1:" .. port .. "/metrics" }, { timeout = 30 })
+    local code, t = r.stdout:match("^(%d+) ([%d.]+)$")
+    if code ~= "200" then error("a scrape failed: " .. r.stdout .. r.stderr, 0) end
+    ms[#ms + 1] = tonumber(t) * 1000
+    local left = q1("SELECT count(*)::bigint AS n FROM tasks WHERE status <> 'completed'").n
+    if left > 0 then busy = busy + 1 end
+    nap(1)
+  end
+  stop(p)
+  table.sort(ms)
+  results.scrapes = { n = #ms, busy = busy, p50_ms = round(median(ms), 2), p99_ms = round(pct(ms, 99), 2),
+                      max_ms = round(ms[#ms], 2) }
+  return results.scrapes
 end
 
 -- ---------------------------------------------------------------- start and stop
@@ -904,7 +946,11 @@ local function main()
     if delayed_error then error(delayed_error, 0) end
     if not results.delayed then error("not measured: the pickup step failed first", 0) end
   end)
-  step("idle cost measured", run_idle)
+  step("idle cost measured", function() return run_idle("idle") end)
+  step("idle cost with VG_HTTP_PORT measured", function()
+    return run_idle("idle_http", { VG_HTTP_PORT = tostring(free_port()), VG_HTTP_HOST = "127.0.0.1" })
+  end)
+  step("/metrics latency measured", run_scrapes)
   step("start and stop measured", run_startstop)
 
   local lines, tbl, notes

@@ -98,6 +98,25 @@ local function build_table(results, targets)
   else
     row("idle cost", "failed", "", "", "", "")
   end
+  local ih = results.idle_http
+  if ih and id then
+    local dcpu = ih.cpu_s_per_30s - id.cpu_s_per_30s
+    row("idle CPU s per 30 s with VG_HTTP_PORT (added)", fmt(ih.cpu_s_per_30s, 4) .. " (" .. fmt(dcpu, 4) .. ")",
+        "", "", "<= +0.001",
+        target(targets, "VG_HTTP_PORT idle CPU added", dcpu, "<=", 0.001, "<= +0.001"))
+    local dst = (ih.statements_per_s or 0) - (id.statements_per_s or 0)
+    row("idle statements/s with VG_HTTP_PORT (added)", fmt(ih.statements_per_s, 2) .. " (" .. fmt(dst, 2) .. ")",
+        "", "", "+0", target(targets, "VG_HTTP_PORT statements added", dst, "<=", 0, "+0"))
+  else
+    row("idle cost with VG_HTTP_PORT", "failed", "", "", "", "")
+  end
+  local sc = results.scrapes
+  if sc then
+    row(string.format("/metrics latency p50 / p99 / max, ms (%d scrapes, %d while busy)", sc.n, sc.busy),
+        fmt(sc.p50_ms, 2) .. " / " .. fmt(sc.p99_ms, 2) .. " / " .. fmt(sc.max_ms, 2), "", "", "", "")
+  else
+    row("/metrics latency", "failed", "", "", "", "")
+  end
   local ss = results.startstop
   if ss then
     row("start to worker_started, ms", fmt(ss.to_worker_started_ms, 1), "", "", "", "")

@@ -18,7 +18,6 @@ require("vg.log").to_stderr()
 local db = require "vg.db"
 local config = require "vg.config"
 local admin = require "vg.admin"
-local cjson = require "cjson"
 
 local USAGE = [==[
 usage: vg-host lua/review.lua list
@@ -68,34 +67,10 @@ local function parse(argv)
   return o
 end
 
-local DECIDE = {
-  approve = { status = "approved", action = "task_approved" },
-  reject = { status = "rejected", action = "task_rejected" },
-}
-
 -- Returns the gate's step, or nil and a message when the task is missing
--- or in another state.
+-- or in another state (vg.reviews, shared with lua/web.lua).
 local function decide(o)
-  local d = DECIDE[o.command]
-  local res = db.transaction(function(tx)
-    local row = tx:query("SELECT id, status, current_step FROM tasks WHERE id = $1 FOR UPDATE",
-                         o.task_id)[1]
-    if not row then return { err = string.format("task %d not found", o.task_id) } end
-    if row.status ~= "awaiting_review" then
-      return { err = string.format("task %d is %s, not awaiting_review", o.task_id, row.status) }
-    end
-    local step = row.current_step ~= db.null and row.current_step or nil
-    -- approved is claimable; run_at now so it is due at once (the
-    -- status change wakes the workers through the vg_tasks trigger).
-    tx:query([[UPDATE tasks SET status = $2, run_at = CASE WHEN $2 = 'approved' THEN now() ELSE run_at END,
-                                last_error = NULL
-                WHERE id = $1]], o.task_id, d.status)
-    local details = { step = step, reason = o.reason }
-    tx:query("INSERT INTO audit_logs (actor, action, task_id, details) VALUES ($1, $2, $3, $4::jsonb)",
-             o.actor, d.action, o.task_id, cjson.encode(details))
-    return { step = step or "?" }
-  end)
-  return res.step, res.err
+  return require("vg.reviews").decide(o.command, o.task_id, o.actor, o.reason)
 end
 
 local function list()

@@ -19,12 +19,19 @@ local worker = require "vg.worker"
 local consumer = require "vg.consumer"
 
 local c
+local observed = false
 
 worker.run {
   -- Step commands and their settings are checked with the rest, in the one
   -- configuration_invalid line, before anything is claimed.
   required = { "DATABASE_URL", "FERNET_KEY", check = require("vg.steps").config_check },
   start = function(state)
+    -- Health and metrics (VG_HTTP_PORT): up before the database is, so
+    -- /healthz can say why the worker is not ready yet.
+    if (state.config.VG_HTTP_PORT or 0) > 0 then
+      require("vg.observe").serve(state.config, function() return c end)
+      observed = true
+    end
     -- The worker sends the queue's fixed statements over and over: generic
     -- plans spare the server planning them again (see vg.db).
     db.configure { generic_plans = true }
@@ -56,6 +63,7 @@ worker.run {
   end,
   stop = function()
     if c then c:stop() end
+    if observed then require("vg.observe").close() end
     db.close()
   end,
 }

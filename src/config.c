@@ -75,6 +75,11 @@ static var_t vars[] = {
     VAR("VG_PIPELINES", K_STR, "pipelines", 0, 0),
     VAR("VG_WORKSPACE", K_STR, "./workspace", 0, 0),
     VAR("VG_REVIEW_GATES", K_BOOL, "on", 0, 1),
+    VAR("VG_HTTP_PORT", K_INT, NULL, 1, 65535),
+    VAR("VG_HTTP_HOST", K_STR, "0.0.0.0", 0, 0),
+    VAR("PORT", K_INT, "8080", 1, 65535),
+    VAR("VG_METRICS_TOP_CHANNELS", K_INT, "50", 1, 100000),
+    VAR("VG_WEB_USERS", K_STR, NULL, 0, 0),
 };
 #define NVARS (sizeof vars / sizeof vars[0])
 

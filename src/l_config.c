@@ -190,7 +190,7 @@ static int l_config_redacted(lua_State *L)
     lua_pushnil(L);
     while (lua_next(L, 1)) {
         const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-        if (strcmp(k, "FERNET_KEY") == 0) {
+        if (strcmp(k, "FERNET_KEY") == 0 || strcmp(k, "VG_WEB_USERS") == 0) {
             lua_pop(L, 1);
             lua_pushliteral(L, "***");
         } else if (strcmp(k, "DATABASE_URL") == 0 && lua_type(L, -1) == LUA_TSTRING) {

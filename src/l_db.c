@@ -539,7 +539,7 @@ static void push_stats(lua_State *L, const vg_pgpool_stats_t *s)
 #define F(name) (lua_pushinteger(L, (lua_Integer)s->name), lua_setfield(L, -2, #name))
     F(size); F(max_overflow); F(open); F(connecting); F(idle); F(checked_out);
     F(resetting); F(overflow); F(waiters); F(opened_total); F(closed_total); F(failed_total);
-    F(pings_total); F(prepared_total);
+    F(pings_total); F(prepared_total); F(timeouts_total);
 #undef F
 }
 

@@ -54,7 +54,7 @@ struct vg_pgpool {
     int cancels;                       /* cancel requests in flight */
     vg_pgpool_req_t *wait_head, *wait_tail;
     int n_waiting;
-    long long opened_total, closed_total, failed_total, pings_total;
+    long long opened_total, closed_total, failed_total, pings_total, timeouts_total;
     long long prepared_gone;           /* prepared by connections already freed */
     bool dispatching, redispatch;
     uv_timer_t reaper;                 /* runs only while connections reset */
@@ -401,6 +401,7 @@ static void check_deadlines(vg_pgpool_t *p, bool fail)
                           p->cfg.pool_timeout, p->cfg.size, p->cfg.max_overflow,
                           p->n[CS_OUT] + p->n[CS_PINGING] + p->n[CS_RESETTING], limit(p),
                           p->n_waiting);
+            p->timeouts_total++;
             fail_waiter(r, "pool_timeout", b.data);
             vg_buf_free(&b);
             continue;
@@ -789,6 +790,7 @@ void vg_pgpool_stats(const vg_pgpool_t *p, vg_pgpool_stats_t *s)
     s->closed_total = p->closed_total;
     s->failed_total = p->failed_total;
     s->pings_total = p->pings_total;
+    s->timeouts_total = p->timeouts_total;
     s->prepared_total = p->prepared_gone;
     for (vg_pgconn_t *c = p->idle; c; c = O(c)->next)
         s->prepared_total += (long long)vg_pgconn_prepared_total(c);

@@ -60,6 +60,7 @@ typedef struct {
     long long opened_total, closed_total, failed_total;
     long long pings_total;   /* pre-ping round trips */
     long long prepared_total; /* server-side statements prepared (each is a round trip) */
+    long long timeouts_total; /* checkouts failed with pool_timeout */
 } vg_pgpool_stats_t;
 
 /* A checkout request. cb runs once from the loop with the connection, or

@@ -77,6 +77,7 @@ function M.new(cfg, opts)
     context = opts.context,
     after_step = opts.after_step,
   }
+  M.add_metrics(c, opts.after_step)
   if c.batch then
     c.env.complete = function(task, result)
       return c:retrying(task, c.complete_batched, c, task, result)
@@ -272,6 +273,7 @@ function Consumer:renew()
     return
   end
   local held = self.queue:renew_liveness(self:live_pool(), self.liveness)
+  if held then self.metrics.liveness_renewals = self.metrics.liveness_renewals + 1 end
   if not held then
     log.warning("liveness_lapsed", { reason = "the database says it expired" })
     self.live.deadline = 0
@@ -293,6 +295,7 @@ function Consumer:renew()
   for _, t in ipairs(list) do
     local r = self.running[t.id]
     if still[t.id] then
+      self.metrics.lease_renewals = self.metrics.lease_renewals + 1
       t.lease_deadline = math.max(t.lease_deadline or 0, t0 + self.lease_seconds - self.margin)
     elseif r and r.task == t then
       self:fence(r, "lease lost (the task was rescued or released elsewhere)")
@@ -460,6 +463,7 @@ function Consumer:run_task(task, entry)
   log.context({ correlation_id = task.id })
   log.info("task_claimed", { channel_id = task.channel_id, pipeline = task.pipeline,
                              attempt = task.attempts, priority = task.priority })
+  self:count("claimed", task)
   local pipe = self.pipelines[task.pipeline]
   local ok, e
   if not pipe then
@@ -470,6 +474,7 @@ function Consumer:run_task(task, entry)
   if ok then
     if e == "completed" then
       self.stats.done = self.stats.done + 1
+      self:count("completed", task)
       log.info("task_completed", { attempt = task.attempts })
     end
     return
@@ -494,11 +499,13 @@ function Consumer:run_task(task, entry)
                                        retriable, infra)
   if status == "retry" then
     self.stats.retried = self.stats.retried + 1
+    self:count("retried", task)
     log.warning("task_retry", { error = err_text(err), attempt = task.attempts,
                                 attempt_counted = not infra, run_at = run_at,
                                 traceback = e.traceback })
   elseif status == "failed" then
     self.stats.failed = self.stats.failed + 1
+    self:count("failed", task)
     log.error("task_failed", { error = err_text(err), attempt = task.attempts,
                                retriable = retriable, traceback = e.traceback })
   else
@@ -727,6 +734,46 @@ function Consumer:backoff(delay)
       return
     end
   end
+end
+
+-- ---- metrics (read by vg.observe for the worker's /metrics) -------------
+-- Counters only: nothing here decides anything. Tasks by pipeline and
+-- outcome, step durations by pipeline and step (a histogram), renewals.
+
+M.STEP_BUCKETS = { 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800 }
+
+function M.add_metrics(c, after_step)
+  c.metrics = {
+    tasks = { claimed = {}, completed = {}, failed = {}, retried = {} },
+    steps = {},              -- "pipeline\0step" -> { pipeline, step, counts, sum, n }
+    liveness_renewals = 0, lease_renewals = 0,
+  }
+  c.env.after_step = function(ctx, out, took)
+    if took then c:observe_step(ctx.task and ctx.task.pipeline, ctx.step, took) end
+    if after_step then return after_step(ctx, out, took) end
+  end
+end
+
+function Consumer:count(what, task)
+  local t = self.metrics.tasks[what]
+  local p = tostring(task.pipeline or "unknown")
+  t[p] = (t[p] or 0) + 1
+end
+
+function Consumer:observe_step(pipe, step, seconds)
+  pipe, step = tostring(pipe or "unknown"), tostring(step)
+  local key = pipe .. "\0" .. step
+  local h = self.metrics.steps[key]
+  if not h then
+    h = { pipeline = pipe, step = step, counts = {}, sum = 0, n = 0 }
+    for i = 1, #M.STEP_BUCKETS do h.counts[i] = 0 end
+    self.metrics.steps[key] = h
+  end
+  for i, le in ipairs(M.STEP_BUCKETS) do
+    if seconds <= le then h.counts[i] = h.counts[i] + 1 end
+  end
+  h.sum = h.sum + seconds
+  h.n = h.n + 1
 end
 
 -- After shutdown: wait for the runners (the host cancels them when the

@@ -101,9 +101,9 @@ function M.execute(env, pipe, task)
       if out ~= nil and type(out) ~= "table" then out = { value = out } end
       outputs[step.name] = out or {}
       fenced(q:checkpoint(task, step.name, task.attempts, out or {}, started))
-      log.info("step_completed", { step = step.name,
-                                   duration_ms = math.floor((vg.time() - started) * 1000) })
-      if env.after_step then env.after_step(ctx, out) end
+      local took = vg.time() - started
+      log.info("step_completed", { step = step.name, duration_ms = math.floor(took * 1000) })
+      if env.after_step then env.after_step(ctx, out, took) end
       if step.review and env.gates and env.gates(task) and i < #steps then
         fenced(q:await_review(task, step.name, db.null))
         log.info("task_awaiting_review", { step = step.name })
