@@ -565,11 +565,19 @@ function Consumer:wait_for_work(just_rescued)
   if just_rescued then due = self.last_due else due = self:rescue() end
   if self.claim_now then return end
   local timeout = self.poll_interval
-  if due and due <= 0 then
+  if due and due <= 0 and not self.due_retried then
+    -- Due tasks exist but the claim found none: it may have just given
+    -- them their fair keys (a claim gives keys to tasks that became due;
+    -- the next claim sees them). Claim again at once, once.
+    self.due_retried = true
+    self.claim_now = true
+    return
+  elseif due and due <= 0 then
     -- Due tasks exist but were locked by other claimers: look again soon.
     timeout = 0.05
-  elseif due then
-    timeout = math.min(timeout, due)
+  else
+    self.due_retried = false
+    if due then timeout = math.min(timeout, due) end
   end
   timeout = math.max(0, math.min(timeout, self.next_rescue - vg.now()))
   local note = db.wait_notification(timeout)
@@ -669,7 +677,7 @@ function Consumer:step()
       self.claim_width = #tasks == width and width * 2 or 1
     end
     for _, t in ipairs(tasks) do self:spawn_runner(t) end
-    if #tasks > 0 then return end
+    if #tasks > 0 then self.due_retried = false return end
     self.claim_now = false
   end
   self:wait_for_work(just_rescued)
