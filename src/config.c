@@ -48,6 +48,7 @@ typedef struct var {
 
 static var_t vars[] = {
     VAR("DATABASE_URL", K_URL, NULL, 0, 0),
+    VAR("DATABASE_DIRECT_URL", K_URL, NULL, 0, 0),
     VAR("FERNET_KEY", K_FERNET, NULL, 0, 0),
     VAR("WORKER_ID", K_NAME, NULL, 0, 0),
     VAR("RAILWAY_SERVICE_NAME", K_STR, NULL, 0, 0),
@@ -134,7 +135,7 @@ static bool parse_bool(const char *s, double *out)
  * a raw '@', '/' or a stray '%' changes how the URL parses, and libpq's own
  * message then quotes pieces of it: such URLs are refused here, by the
  * position of the password, before libpq sees them. */
-static char *url_problem(const char *url)
+static char *url_problem(const char *name, const char *url)
 {
     char *problem = vg_dburl_password_problem(url);
     if (problem) return problem;
@@ -148,7 +149,7 @@ static char *url_problem(const char *url)
     size_t n = strlen(red);
     while (n && (red[n - 1] == '\n' || red[n - 1] == ' ')) red[--n] = '\0';
     vg_buf_t b = VG_BUF_INIT;
-    vg_buf_printf(&b, "DATABASE_URL cannot be parsed: %s", red);
+    vg_buf_printf(&b, "%s cannot be parsed: %s", name, red);
     free(red);
     if (perr) PQfreemem(perr);
     return vg_buf_steal(&b);
@@ -182,12 +183,12 @@ static bool parse_value(var_t *v, const char *s)
         if (!v->str) {
             char *red = vg_dburl_redact(s);
             vg_buf_t b = VG_BUF_INIT;
-            vg_buf_printf(&b, "DATABASE_URL is not a PostgreSQL URL (%s); got \"%s\"", why, red);
+            vg_buf_printf(&b, "%s is not a PostgreSQL URL (%s); got \"%s\"", v->name, why, red);
             free(red);
             v->problem = vg_buf_steal(&b);
             return false;
         }
-        if ((v->problem = url_problem(v->str)) != NULL) {
+        if ((v->problem = url_problem(v->name, v->str)) != NULL) {
             free(v->str);
             v->str = NULL;
             return false;

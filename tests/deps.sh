@@ -6,7 +6,7 @@ set -eu
 
 PACKAGES="gcc make pkg-config liblua5.4-dev lua5.4 libuv1-dev libpq-dev libssl-dev \
 lua-cjson lua-filesystem lua-busted postgresql postgresql-contrib procps \
-ffmpeg espeak-ng sox jq fonts-dejavu-core socat"
+ffmpeg espeak-ng sox jq fonts-dejavu-core socat pgbouncer"
 
 missing=""
 for p in $PACKAGES; do

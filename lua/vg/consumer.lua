@@ -162,8 +162,12 @@ end
 -- (an idle worker keeps its two connections: the pool's and LISTEN).
 function Consumer:live_pool()
   if not self.live_db then
+    -- Straight to the server when DATABASE_DIRECT_URL is set (DATABASE_URL
+    -- then goes through PgBouncer): renewals must not queue behind other
+    -- clients for a server connection.
     self.live_db = db.pool {
-      url = self.cfg.DATABASE_URL, pool_size = 1, max_overflow = 0,
+      url = self.cfg.DATABASE_DIRECT_URL or self.cfg.DATABASE_URL,
+      pool_size = 1, max_overflow = 0,
       pool_timeout = self.liveness, application_name = "vg-host liveness",
     }
   end
