@@ -163,10 +163,14 @@ end
 function Consumer:live_pool()
   if not self.live_db then
     -- Straight to the server when DATABASE_DIRECT_URL is set (DATABASE_URL
-    -- then goes through PgBouncer): renewals must not queue behind other
-    -- clients for a server connection.
+    -- then goes through PgBouncer), so renewals never queue for one of the
+    -- bouncer's server connections; through the bouncer with
+    -- VG_LIVENESS_DIRECT off, for fleets whose direct connections would
+    -- not fit the server's max_connections (README: connection arithmetic).
+    local direct = self.cfg.DATABASE_DIRECT_URL
+    local via_bouncer = direct ~= nil and not self.cfg.VG_LIVENESS_DIRECT
     self.live_db = db.pool {
-      url = self.cfg.DATABASE_DIRECT_URL or self.cfg.DATABASE_URL,
+      url = (not via_bouncer and direct) or self.cfg.DATABASE_URL, pooler = via_bouncer,
       pool_size = 1, max_overflow = 0,
       pool_timeout = self.liveness, application_name = "vg-host liveness",
     }
