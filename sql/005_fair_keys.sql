@@ -6,7 +6,8 @@
 -- in start-time fair queuing: when a task becomes claimable and due it gets
 -- its channel's last key (at its priority) + 1, but never less than the
 -- current floor (the smallest key queued at that priority). The claim is
--- then one ordered scan of tasks_fair_idx (priority_rank, fair_key, id)
+-- then one ordered scan of tasks_fair_idx (priority_rank, fair_key,
+-- fair_seq)
 -- with SKIP LOCKED: strict priority, round-robin between channels (the
 -- floor puts a channel's first task into the turn being served), oldest
 -- first within a channel (keys grow in the order tasks become due).
@@ -14,7 +15,7 @@
 -- No counter row is kept: "the channel's last key" and "the floor" are one
 -- index descent each, read without locks, so producers never wait for each
 -- other or for claimers. Two producers that insert into one channel at the
--- same moment may give their tasks the same key; ties go by id.
+-- same moment may give their tasks the same key; ties go by fair_seq.
 --
 -- How each kind of task gets its place (the trigger below):
 -- * enqueued due (a plain INSERT): a key at once.
@@ -31,10 +32,19 @@
 --   was when it was claimed, and the floor never moves backwards.
 
 ALTER TABLE tasks ADD COLUMN fair_key bigint NULL;
+-- Order among equal keys: when the key was given (a sequence: no lock, no
+-- row). Not the id: a retried task keeps its id but joins its round anew.
+ALTER TABLE tasks ADD COLUMN fair_seq bigint NULL;
+CREATE SEQUENCE tasks_fair_seq;
 
--- The claim: one scan in this order.
+-- The claim: one scan in this order. Equal keys (the tasks of one round,
+-- one per channel) go in the order they were given: a channel that comes
+-- back to the round being served (its queue ran dry, then a new task or a
+-- retry) is served after the channels already waiting in that round, never
+-- before them, so a channel that enqueues one task at a time cannot
+-- overtake the others.
 CREATE INDEX tasks_fair_idx
-    ON tasks (priority_rank, fair_key, id)
+    ON tasks (priority_rank, fair_key, fair_seq)
     WHERE status IN ('pending', 'retry', 'approved') AND fair_key IS NOT NULL;
 
 -- A channel's last key at a priority: one descent.
@@ -86,12 +96,16 @@ DECLARE
 BEGIN
     IF NEW.run_at > now() THEN
         NEW.fair_key := NULL;        -- keyed by a claim once due
+        NEW.fair_seq := NULL;
     ELSIF TG_OP = 'UPDATE' AND OLD.status IN ('claimed', 'processing')
-          AND OLD.run_at = NEW.run_at THEN
-        -- released or rescued: keeps its place
+          AND OLD.run_at = NEW.run_at AND OLD.fair_key IS NOT NULL THEN
+        -- released or rescued: keeps its place (raised to the floor if the
+        -- queue moved past it, where its old fair_seq puts it first)
         NEW.fair_key := greatest(OLD.fair_key, tasks_fair_floor(rank));
+        NEW.fair_seq := OLD.fair_seq;
     ELSE
         NEW.fair_key := tasks_fair_next(NEW.channel_id, rank);
+        NEW.fair_seq := nextval('tasks_fair_seq');
     END IF;
     RETURN NEW;
 END
@@ -118,9 +132,10 @@ CREATE TRIGGER tasks_fair_key_update
 -- each channel and priority, so every channel's oldest task is in the
 -- first turn. Delayed ones wait for a claim to key them.
 UPDATE tasks t
-   SET fair_key = k.key, updated_at = now()
+   SET fair_key = k.key, fair_seq = k.id, updated_at = now()
   FROM (SELECT id, row_number() OVER (PARTITION BY channel_id, priority_rank
                                       ORDER BY run_at, id) - 1 AS key
           FROM tasks
          WHERE status IN ('pending', 'retry', 'approved') AND run_at <= now()) k
  WHERE t.id = k.id;
+SELECT setval('tasks_fair_seq', coalesce(max(id), 0) + 1) FROM tasks;

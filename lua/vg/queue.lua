@@ -13,8 +13,8 @@ local M = {}
 -- The parts of the claim statements (docs/claim.sql, sections 1 and 1b).
 --
 -- Claimable tasks that are due carry a fair key (sql/005_fair_keys.sql):
--- the claim is one scan of tasks_fair_idx in (priority_rank, fair_key, id)
--- order, whatever the number of channels or queued tasks.
+-- the claim is one scan of tasks_fair_idx in (priority_rank, fair_key,
+-- fair_seq) order, whatever the number of channels or queued tasks.
 --
 -- promote: tasks that became due since they were queued (delayed, backing
 -- off) get their key now, at most 100 per claim, oldest run_at first; the
@@ -33,7 +33,7 @@ WITH due_now AS (
 ),
 promoted AS (
     UPDATE tasks t
-       SET fair_key = k.key, updated_at = now()
+       SET fair_key = k.key, fair_seq = nextval('tasks_fair_seq'), updated_at = now()
       FROM (SELECT d.id, tasks_fair_next(d.channel_id, d.priority_rank)
                          + row_number() OVER (PARTITION BY d.channel_id, d.priority_rank
                                               ORDER BY d.run_at, d.id) - 1 AS key
@@ -70,7 +70,7 @@ picked AS (
     SELECT t.id FROM tasks t
      WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
        AND t.run_at <= now()
-     ORDER BY t.priority_rank, t.fair_key, t.id
+     ORDER BY t.priority_rank, t.fair_key, t.fair_seq
      LIMIT $4
        FOR UPDATE SKIP LOCKED
 ),
@@ -85,14 +85,14 @@ top AS (
     SELECT t.priority_rank FROM tasks t
      WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
        AND t.run_at <= now()
-     ORDER BY t.priority_rank, t.fair_key, t.id
+     ORDER BY t.priority_rank, t.fair_key, t.fair_seq
      LIMIT 1
 ),
 picked AS (
     SELECT t.id FROM tasks t
      WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
        AND t.run_at <= now() AND t.priority_rank = (SELECT priority_rank FROM top)
-     ORDER BY t.priority_rank, t.fair_key, t.id
+     ORDER BY t.priority_rank, t.fair_key, t.fair_seq
      LIMIT $4
        FOR UPDATE SKIP LOCKED
 ),
