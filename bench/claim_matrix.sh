@@ -122,13 +122,19 @@ INSERT INTO tasks (channel_id, pipeline, payload) VALUES ('c1', 'noop', '{}');
 EOF
 sed 's/INTO tasks /INTO tasks_plain /' "$TMP/enq.sql" >"$TMP/enq_plain.sql"
 tps_of() { sed -n 's/^tps = \([0-9.]*\).*/\1/p'; }
-e1=$("$PGBENCH" -n -c 10 -j 2 -T "$SECS" -M prepared -f "$TMP/enq.sql" "$BASE/vg" | tps_of)
-e3=$("$PGBENCH" -n -c 10 -j 2 -T "$SECS" -M prepared -f "$TMP/enq_one.sql" "$BASE/vg" | tps_of)
-psql -X -q "$BASE/vg" -c "ALTER TABLE tasks DISABLE TRIGGER tasks_fair_key_insert"
-e4=$("$PGBENCH" -n -c 10 -j 2 -T "$SECS" -M prepared -f "$TMP/enq.sql" "$BASE/vg" | tps_of)
-e5=$("$PGBENCH" -n -c 10 -j 2 -T "$SECS" -M prepared -f "$TMP/enq_one.sql" "$BASE/vg" | tps_of)
-psql -X -q "$BASE/vg" -c "ALTER TABLE tasks ENABLE TRIGGER tasks_fair_key_insert"
-e2=$("$PGBENCH" -n -c 10 -j 2 -T "$SECS" -M prepared -f "$TMP/enq_plain.sql" "$BASE/vg" | tps_of)
-echo "enqueue, 10 producers over 10 channels: $e1/s; without the fair-key trigger: $e4/s"
-echo "enqueue, 10 producers on one channel: $e3/s; without the fair-key trigger: $e5/s"
-echo "enqueue into a copy of tasks with no triggers and no foreign key (no NOTIFY at all): $e2/s"
+enq() { "$PGBENCH" -n -c 10 -j 2 -T "$SECS" -M prepared -f "$TMP/$1.sql" "$BASE/vg" | tps_of; }
+trig() { psql -X -q "$BASE/vg" -c "ALTER TABLE tasks $1 TRIGGER tasks_fair_key_insert"; }
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# Interleaved rounds (the machine's speed drifts); the median of each.
+with10="" without10="" with1="" without1=""
+for r in $(seq "${CM_ENQ_ROUNDS:-3}"); do
+    trig ENABLE;  with10="$with10 $(enq enq)"
+    trig DISABLE; without10="$without10 $(enq enq)"
+    trig ENABLE;  with1="$with1 $(enq enq_one)"
+    trig DISABLE; without1="$without1 $(enq enq_one)"
+done
+trig ENABLE
+plain=$(enq enq_plain)
+echo "enqueue, 10 producers over 10 channels, tasks/s: with the fair-key trigger$with10 (median $(echo $with10 | median)); without it$without10 (median $(echo $without10 | median))"
+echo "enqueue, 10 producers on one channel, tasks/s: with the fair-key trigger$with1 (median $(echo $with1 | median)); without it$without1 (median $(echo $without1 | median))"
+echo "enqueue into a copy of tasks with no triggers and no foreign key (no NOTIFY at all): $plain/s"
