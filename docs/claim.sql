@@ -26,8 +26,7 @@
 -- * fair_key is a virtual-time tag (start-time fair queuing). A task gets
 --   one when it becomes claimable and due: its channel's last queued key at
 --   its priority + 1, but never less than the floor (the smallest key
---   queued at that priority; with none queued, the largest held by a
---   worker; else 0). So every channel's n-th queued task has about the same
+--   queued at that priority, else 0). So every channel's n-th queued task has about the same
 --   key: the claim serves one task per channel per round, and a channel
 --   that had nothing queued joins the round being served. A channel with
 --   10,000 queued tasks has keys floor .. floor+9,999 and delays another
@@ -53,9 +52,9 @@
 --   a new key, as a task arriving now.
 -- * released (shutdown, a lapsed liveness) and rescued (lease expired,
 --   worker gone): status goes back to retry with run_at untouched, and the
---   task keeps its key and fair_seq, raised to the floor if the queue moved
---   past it, where its old fair_seq puts it first: it is claimed again
---   before the tasks queued after it, as before.
+--   task goes back to the head: the floor, with its old fair_seq, which
+--   puts it before every task keyed after it: it is claimed again before
+--   the tasks queued after it, as before.
 --
 -- No hot row: the channel's last key and the floor are read from the
 -- indexes (tasks_channel_fair_idx, tasks_fair_idx) without locks, so

@@ -27,9 +27,11 @@
 -- * approved (after a review gate) or put back by an admin: a new key, as
 --   a task arriving now.
 -- * released (shutdown, lapsed liveness) or rescued (lease expired, worker
---   gone): run_at is left as it was and the task keeps its key, raised to
---   the floor if the queue has moved past it: it is served first, as it
---   was when it was claimed, and the floor never moves backwards.
+--   gone): run_at is left as it was and the task goes back to the head,
+--   where it was when it was claimed: the round being served (the floor),
+--   and in it before every task keyed after it (it keeps its fair_seq). So
+--   it is claimed again before the tasks queued after it, and the floor
+--   never moves backwards.
 
 ALTER TABLE tasks ADD COLUMN fair_key bigint NULL;
 -- Order among equal keys: when the key was given (a sequence: no lock, no
@@ -61,12 +63,10 @@ CREATE INDEX tasks_unkeyed_idx
 -- every channel; the new claim and the trigger use the indexes above.
 DROP INDEX tasks_claimable_idx;
 
--- The floor at priority p: the smallest key queued; with none queued, the
--- largest key held by a worker (so a task released later is not put behind
--- tasks that arrived after it was claimed); else 0. PL/pgSQL, not SQL: its
--- plans are kept for the session, where a SQL function called from the
--- trigger was planned again on every row (measured: enqueue at 0.37 of
--- the rate without the trigger, against 0.9 with these).
+-- The floor at priority p: the smallest key queued, else 0. PL/pgSQL, not
+-- SQL: its plans are kept for the session, where a SQL function called
+-- from the trigger was planned again on every row (measured: enqueue at
+-- 0.37 of the rate without the trigger, against 0.9 with these).
 CREATE FUNCTION tasks_fair_floor(p smallint) RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -76,10 +76,6 @@ BEGIN
      WHERE t.priority_rank = p AND t.fair_key IS NOT NULL
        AND t.status IN ('pending', 'retry', 'approved')
      ORDER BY t.priority_rank, t.fair_key LIMIT 1;
-    IF k IS NULL THEN
-        SELECT max(t.fair_key) INTO k FROM tasks t
-         WHERE t.status IN ('claimed', 'processing') AND t.priority_rank = p;
-    END IF;
     RETURN coalesce(k, 0);
 END
 $$;
@@ -109,10 +105,11 @@ BEGIN
         NEW.fair_key := NULL;        -- keyed by a claim once due
         NEW.fair_seq := NULL;
     ELSIF TG_OP = 'UPDATE' AND OLD.status IN ('claimed', 'processing')
-          AND OLD.run_at = NEW.run_at AND OLD.fair_key IS NOT NULL THEN
-        -- released or rescued: keeps its place (raised to the floor if the
-        -- queue moved past it, where its old fair_seq puts it first)
-        NEW.fair_key := greatest(OLD.fair_key, tasks_fair_floor(rank));
+          AND OLD.run_at = NEW.run_at AND OLD.fair_seq IS NOT NULL THEN
+        -- released or rescued: back at the head, where it was when it was
+        -- claimed: the round being served (the floor), and in it before
+        -- every task keyed after it (its old fair_seq)
+        NEW.fair_key := tasks_fair_floor(rank);
         NEW.fair_seq := OLD.fair_seq;
     ELSE
         NEW.fair_key := tasks_fair_next(NEW.channel_id, rank);
