@@ -28,7 +28,7 @@ endif
 OBJ      := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRC))
 LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 
-.PHONY: all deps test test-c test-asan asan demo bench bench-smoke chaos install clean check-deps image-test test-e2e
+.PHONY: all deps test test-c test-asan asan demo bench bench-smoke chaos install clean check-deps image-test test-e2e pgbouncer-fleet claim-matrix
 
 all: $(BUILD)/vg-host
 
@@ -77,6 +77,17 @@ bench: deps all
 
 bench-smoke: all
 	@BENCH_SMOKE=1 sh bench/run.sh
+
+# The claim statement alone at 10 to 10,000 channels against the claim
+# before sql/005 and a plain FIFO SKIP LOCKED claim, and enqueue with and
+# without the fair-key trigger (bench/claim_matrix.sh; about 4 minutes).
+claim-matrix: deps all
+	@sh bench/claim_matrix.sh
+
+# 50 workers behind one PgBouncer against max_connections = 100 complete
+# 5,000 tasks (tests/pgbouncer_fleet.sh); about a minute; not in make test.
+pgbouncer-fleet: deps all
+	@sh tests/pgbouncer_fleet.sh
 
 # Fault run (docs/fencing.md): SIGKILLs, killed sessions, a partition and
 # PostgreSQL restarts under load; a few minutes; not part of make test.

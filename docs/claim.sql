@@ -6,7 +6,7 @@
 -- and commit, process with no connection held, record and commit.
 --
 -- Contents
---   1. claim          one task (or up to N), priority, channel round-robin
+--   1. claim          one task (or up to N): priority, fair keys (round-robin)
 --   2. next_due       when the next delayed task becomes claimable
 --   3. fenced writes  start, renew, checkpoint, finish, retry, release
 --   4. rescue         expired leases back to retry (or failed)
@@ -15,160 +15,121 @@
 --
 -- ---------------------------------------------------------------- 1. claim
 --
--- Claimable: status pending, retry or approved, and run_at <= now().
--- Order: priority first; within a priority, the channel served least
--- recently first (channels.last_claimed_at, NULL = never served = first),
--- so a channel with a long backlog cannot delay another channel's first
--- task; within a channel, oldest first by (run_at, id): the task that has
--- been due longest (for a new task run_at = its creation time, for a retry
--- the end of its back-off).
+-- (Since sql/005_fair_keys.sql. The claim before it probed every channel;
+-- docs/fair_claim.md compares the two and a plain FIFO claim, with
+-- measurements: the old claim cost ~0.25 ms with 10 channels and ~158 ms
+-- with 10,000 busy ones; this one ~0.12 ms in both.)
 --
--- How it stays fast and correct under concurrency:
+-- Claimable: status pending, retry or approved, due (run_at <= now()) and
+-- keyed (fair_key set). Order: priority_rank, then fair_key, then fair_seq:
 --
--- * "due" lists the (channel, priority) pairs that have a due task: three
---   LIMIT 1 probes per channel into the partial index tasks_claimable_idx
---   (channel_id, priority_rank, run_at, id) WHERE claimable. Each probe is
---   one index descent, whatever the number of finished tasks (they are not
---   in that index) and of queued tasks (it stops at the first). Cost grows
---   with the number of channels (3 probes each), not with the queue.
---   A LATERAL ... LIMIT 1 rather than EXISTS on purpose: the planner turns
---   EXISTS into a semi-join that reads all 10,000 due tasks (measured:
---   45 ms instead of 0.4 ms).
--- * "picked" walks those pairs in order and takes, for each, the oldest due
---   task that nobody has locked (FOR UPDATE SKIP LOCKED inside the LATERAL,
---   LIMIT 1), stopping after $4 tasks. The nested loop only runs the
---   LATERAL for pairs it needs, so only the rows returned are locked.
---   A pair whose due tasks are all locked by concurrent claimers is skipped
---   (with its whole priority level kept ahead of lower ones), so an empty
---   result really means nothing claimable was unlocked.
--- * "due" is MATERIALIZED and "picked" has no ORDER BY of its own on
---   purpose: a sort above the LATERAL would run it for every pair first and
---   lock one task per pair. The materialized CTE is read back in the order
---   it was written, and the nested loop keeps that order.
--- * The round-robin pointer is updated in the same statement, but with
---   SKIP LOCKED: if a concurrent claim is updating the same channel row, it
---   sets last_claimed_at to the same instant anyway, so we skip rather than
---   wait for its commit. Claims therefore never wait for each other.
---   FOR NO KEY UPDATE (not FOR UPDATE) so it does not conflict with the
---   FOR KEY SHARE lock that enqueuers' foreign-key checks take: enqueueing
---   into a channel never blocks or is blocked by claiming from it.
--- * attempts: every claim counts as an attempt, except that claiming an
---   approved task (resuming after a review gate) starts a new budget at 1,
---   so a pipeline with several review gates is not failed for having
---   passed them. Rescue and retry compare attempts with max_attempts.
--- * lease_token + 1: the fencing token; the worker keeps the returned
---   value for every later write (section 3).
--- * This statement takes at most one task per (channel, priority) pair per
---   call; the worker calls it with $4 = 1. Batch mode (VG_BATCH, $4 > 1)
---   uses the variant in 1b.
--- * Every statement of the queue sets updated_at = now() itself (and
---   completed_at = now() when it finishes a task), so the tasks_touch row
---   trigger, whose WHEN clause checks just that, does not run for them
---   (sql/002_cheaper_task_updates.sql).
--- * vg.db prepares these statements once per connection, and the worker's
---   pool asks the server for generic plans (db.configure{generic_plans =
---   true}: plan_cache_mode=force_generic_plan in the connection options,
---   with VG_DB_PREPARE on): the plans below do not depend on the parameter
---   values, and planning afresh on every execute cost ~10% of the server's
---   time in batch mode.
--- * Inactive channels: the contract (DESIGN 7) does not exclude them, so
---   neither does this query. To pause a channel with is_active = false,
---   add "AND c.is_active" to "due".
+-- * fair_key is a virtual-time tag (start-time fair queuing). A task gets
+--   one when it becomes claimable and due: its channel's last queued key at
+--   its priority + 1, but never less than the floor (the smallest key
+--   queued at that priority, else 0). So every channel's n-th queued task has about the same
+--   key: the claim serves one task per channel per round, and a channel
+--   that had nothing queued joins the round being served. A channel with
+--   10,000 queued tasks has keys floor .. floor+9,999 and delays another
+--   channel's first task by at most one task.
+-- * fair_seq (from a sequence) orders equal keys by when they were given:
+--   a channel that comes back into the round being served (it ran dry,
+--   then a new task, a retry or an approval) goes behind the channels
+--   already waiting in it, so one that enqueues a task at a time cannot
+--   overtake the others.
+-- * Within a channel keys grow in the order tasks became claimable: oldest
+--   first, "oldest" being when the task became due (for a retry, the end of
+--   its back-off).
 --
--- $1 worker_id, $2 instance ("host:pid"), $3 lease seconds, $4 max tasks.
+-- Where a task gets its place (the tasks_fair_key triggers, sql/005):
+-- * INSERT, due: a key at once (two index descents, no lock; enqueue
+--   stays a plain INSERT for producers in any language).
+-- * INSERT with run_at in the future, and a retry with back-off: no key
+--   (fair_key NULL, in tasks_unkeyed_idx). The claim statement itself gives
+--   keys to up to 100 tasks that have fallen due ("promote" below), as if
+--   they arrived then: delayed tasks that fall due together join the round
+--   robin one per round per channel and never burst ahead.
+-- * approved after a review gate, or put back by hand (failed -> pending):
+--   a new key, as a task arriving now.
+-- * released (shutdown, a lapsed liveness) and rescued (lease expired,
+--   worker gone): status goes back to retry with run_at untouched, and the
+--   task goes back to the head: the floor, with its old fair_seq, which
+--   puts it before every task keyed after it: it is claimed again before
+--   the tasks queued after it, as before.
+--
+-- No hot row: the channel's last key and the floor are read from the
+-- indexes (tasks_channel_fair_idx, tasks_fair_idx) without locks, so
+-- producers never wait for each other or for claimers, and claims update
+-- nothing but the tasks they take (the old claim also moved a channels
+-- row). Two producers enqueueing into one channel at the same instant may
+-- give their tasks the same key (they then go by fair_seq): fairness
+-- within one round per concurrent producer.
+--
+-- With several claimers at once each takes the first task in this order
+-- that nobody has locked (SKIP LOCKED), so "one round" holds within one
+-- task per concurrent claimer, a batch of k counting as k claimers.
+--
+-- How it stays cheap: "picked" is one scan of tasks_fair_idx
+-- (priority_rank, fair_key, fair_seq) WHERE claimable AND keyed, under
+-- LIMIT $4 FOR UPDATE SKIP LOCKED: the plan is Limit -> LockRows -> Index
+-- Scan, so only the rows taken are locked and the cost does not depend on
+-- the number of channels or of queued tasks. "promote" is one descent of
+-- tasks_unkeyed_idx (run_at) when nothing has fallen due. A statement does
+-- not see its own changes, so a task promoted by a claim is claimable from
+-- the next one; a worker whose claim came back empty while tasks were due
+-- claims again at once (lua/vg/consumer.lua, wait_for_work).
+--
+-- attempts, lease_token, updated_at, the generic plans and inactive
+-- channels: as before (a claim of an approved task starts a new attempt
+-- budget at 1; lease_token + 1 is the fencing token; every statement sets
+-- updated_at itself so the touch trigger does not run).
+--
+-- $1 worker_id, $2 instance, $3 lease seconds, $4 max tasks.
 
-WITH due AS MATERIALIZED (
-    SELECT c.id AS channel_id, r.rank
-      FROM channels c
-     CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS r (rank)
-     CROSS JOIN LATERAL (
-           SELECT 1
-             FROM tasks t
-            WHERE t.channel_id = c.id
-              AND t.priority_rank = r.rank
-              AND t.status IN ('pending', 'retry', 'approved')
-              AND t.run_at <= now()
-            -- Pins the probe to tasks_claimable_idx. Without it, once the
-            -- table is analysed with a large due backlog, the planner
-            -- prefers scanning "until the first match" (the table or the
-            -- run_at index): 26 ms per claim instead of well under 1 ms
-            -- (measured by make bench).
-            ORDER BY t.channel_id, t.priority_rank, t.run_at, t.id
-            LIMIT 1) AS has_due
-     ORDER BY r.rank, c.last_claimed_at NULLS FIRST, c.id
+WITH due_now AS (
+    SELECT t.id, t.channel_id, t.priority_rank, t.run_at FROM tasks t
+     WHERE t.fair_key IS NULL AND t.status IN ('pending', 'retry', 'approved')
+       AND t.run_at <= now()
+     ORDER BY t.run_at, t.id
+     LIMIT 100
+       FOR UPDATE SKIP LOCKED
+),
+promoted AS (
+    UPDATE tasks t
+       SET fair_key = k.key, fair_seq = nextval('tasks_fair_seq'), updated_at = now()
+      FROM (SELECT d.id, tasks_fair_next(d.channel_id, d.priority_rank)
+                         + row_number() OVER (PARTITION BY d.channel_id, d.priority_rank
+                                              ORDER BY d.run_at, d.id) - 1 AS key
+              FROM due_now d) k
+     WHERE t.id = k.id
 ),
 picked AS (
-    SELECT p.id
-      FROM due
-     CROSS JOIN LATERAL (
-           SELECT t.id
-             FROM tasks t
-            WHERE t.channel_id = due.channel_id
-              AND t.priority_rank = due.rank
-              AND t.status IN ('pending', 'retry', 'approved')
-              AND t.run_at <= now()
-            ORDER BY t.run_at, t.id
-            LIMIT 1
-              FOR UPDATE SKIP LOCKED) p
+    SELECT t.id FROM tasks t
+     WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
+       AND t.run_at <= now()
+     ORDER BY t.priority_rank, t.fair_key, t.fair_seq
      LIMIT $4
+       FOR UPDATE SKIP LOCKED
 ),
 claimed AS (
     UPDATE tasks t
-       SET status           = 'claimed',
-           claimed_by       = $1,
-           claimed_instance = $2,
-           claimed_at       = now(),
+       SET status = 'claimed', claimed_by = $1, claimed_instance = $2,
+           claimed_at = now(), updated_at = now(),
            lease_expires_at = now() + make_interval(secs => $3),
-           attempts         = CASE WHEN t.status = 'approved' THEN 1
-                                   ELSE t.attempts + 1 END,
-           lease_token      = t.lease_token + 1
-      FROM picked
-     WHERE t.id = picked.id
- RETURNING t.*
-),
-touched AS (
-    UPDATE channels c
-       SET last_claimed_at = now()
-     WHERE c.id IN (SELECT l.id
-                      FROM channels l
-                     WHERE l.id IN (SELECT claimed.channel_id FROM claimed)
-                       FOR NO KEY UPDATE SKIP LOCKED)
+           attempts = CASE WHEN t.status = 'approved' THEN 1 ELSE t.attempts + 1 END,
+           lease_token = t.lease_token + 1
+     WHERE t.id = ANY (ARRAY(SELECT picked.id FROM picked))
+ RETURNING t.id, t.channel_id, t.pipeline, t.payload, t.priority, t.attempts,
+           t.max_attempts, t.lease_token, t.status
 )
 SELECT * FROM claimed;
 
 -- ---------------------------------------------------------------- 1b. claim many
 --
--- Batch mode claims up to $4 tasks in one statement (lua/vg/queue.lua
--- CLAIM_MANY_SQL; the worker asks for its free slots, at most half of
--- VG_CONCURRENCY). Same order, applied across the batch, but from one
--- priority per statement:
---
--- * "due" as above, numbered (turn) in round-robin order.
--- * "top": only the pairs of the highest priority that has due tasks. A
---   batch never mixes priorities, so claims that interleave (several
---   workers) cannot take a lower priority's tasks while concurrent claimers
---   hold the higher one's candidates; the claim after the last task of a
---   priority moves on to the next one.
--- * "share": each top pair offers its k oldest due tasks, k being twice an
---   even share of $4 among them, plus one (concurrent claimers may hold
---   some: those are skipped, and a claim under contention may return fewer
---   than $4; the worker then claims again). Cost: about k index entries
---   per pair, not $4 each.
--- * claimed takes the picked ids as one array (t.id = ANY (ARRAY(...))),
---   which pins the UPDATE to the primary key: joined to picked, the generic
---   plan hashed the whole table (4 of 11 ms for a claim of 500).
--- * "candidates" (MATERIALIZED, written in order): the task's position
---   within its channel (n), then the channel's turn: the first task of
---   every channel, then the second of every channel, ...
--- * "picked" locks the candidates in that order with FOR UPDATE SKIP LOCKED
---   in a LATERAL by primary key, rechecking that each is still claimable,
---   and stops after $4: as in 1, only the rows taken are locked (a sort or
---   a hash join above the LATERAL would lock them all; measured: a hash
---   join over the whole table, 4 ms instead of 1 ms for 100 tasks).
--- * claimed and touched as in 1.
---
--- Measured (make bench machine, 20,000 due noop tasks over 10 channels): a
--- claim of 100 executes in about 1 ms, most of it the 100 row updates.
+-- Batch mode (VG_BATCH; lua/vg/queue.lua CLAIM_MANY_SQL) is the same
+-- statement with "picked" limited to the highest priority that has a
+-- claimable task (one more descent of tasks_fair_idx): a batch never takes
+-- a lower priority's tasks while concurrent claimers hold the higher one's;
+-- the claim after the last task of a priority moves on to the next.
 
 -- ---------------------------------------------------------------- 2. next_due
 --
@@ -337,6 +298,9 @@ UPDATE tasks t
 RETURNING t.id, t.claimed_instance;
 
 -- ---------------------------------------------------------------- 6. measurements
+--
+-- (6a-6d measure the claim before sql/005_fair_keys.sql, kept for the
+-- record; the fair claim's plan and figures are in docs/fair_claim.md.)
 --
 -- PostgreSQL 15.18 (Debian 12 package), cluster from tests/pgtmp.sh with
 -- its defaults (fsync on), 2 CPUs. Data (all through the real schema and

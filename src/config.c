@@ -48,6 +48,7 @@ typedef struct var {
 
 static var_t vars[] = {
     VAR("DATABASE_URL", K_URL, NULL, 0, 0),
+    VAR("DATABASE_DIRECT_URL", K_URL, NULL, 0, 0),
     VAR("FERNET_KEY", K_FERNET, NULL, 0, 0),
     VAR("WORKER_ID", K_NAME, NULL, 0, 0),
     VAR("RAILWAY_SERVICE_NAME", K_STR, NULL, 0, 0),
@@ -66,6 +67,7 @@ static var_t vars[] = {
     VAR("VG_POLL_INTERVAL", K_SECONDS, "5", 0.01, 86400),
     VAR("VG_LEASE_SECONDS", K_SECONDS, "60", 1, 86400),
     VAR("VG_LIVENESS_SECONDS", K_SECONDS, "5", 1, 3600),
+    VAR("VG_LIVENESS_DIRECT", K_BOOL, "on", 0, 1),
     VAR("VG_FENCE_MARGIN", K_SECONDS, "1", 0.1, 3600),
     VAR("VG_TASK_SLICE", K_SECONDS, "10", 0, 86400),
     VAR("VG_MAX_ATTEMPTS", K_INT, "3", 1, 1000),
@@ -139,7 +141,7 @@ static bool parse_bool(const char *s, double *out)
  * a raw '@', '/' or a stray '%' changes how the URL parses, and libpq's own
  * message then quotes pieces of it: such URLs are refused here, by the
  * position of the password, before libpq sees them. */
-static char *url_problem(const char *url)
+static char *url_problem(const char *name, const char *url)
 {
     char *problem = vg_dburl_password_problem(url);
     if (problem) return problem;
@@ -153,7 +155,7 @@ static char *url_problem(const char *url)
     size_t n = strlen(red);
     while (n && (red[n - 1] == '\n' || red[n - 1] == ' ')) red[--n] = '\0';
     vg_buf_t b = VG_BUF_INIT;
-    vg_buf_printf(&b, "DATABASE_URL cannot be parsed: %s", red);
+    vg_buf_printf(&b, "%s cannot be parsed: %s", name, red);
     free(red);
     if (perr) PQfreemem(perr);
     return vg_buf_steal(&b);
@@ -187,12 +189,12 @@ static bool parse_value(var_t *v, const char *s)
         if (!v->str) {
             char *red = vg_dburl_redact(s);
             vg_buf_t b = VG_BUF_INIT;
-            vg_buf_printf(&b, "DATABASE_URL is not a PostgreSQL URL (%s); got \"%s\"", why, red);
+            vg_buf_printf(&b, "%s is not a PostgreSQL URL (%s); got \"%s\"", v->name, why, red);
             free(red);
             v->problem = vg_buf_steal(&b);
             return false;
         }
-        if ((v->problem = url_problem(v->str)) != NULL) {
+        if ((v->problem = url_problem(v->name, v->str)) != NULL) {
             free(v->str);
             v->str = NULL;
             return false;

@@ -193,7 +193,8 @@ static int l_config_redacted(lua_State *L)
         if (strcmp(k, "FERNET_KEY") == 0 || strcmp(k, "VG_WEB_USERS") == 0) {
             lua_pop(L, 1);
             lua_pushliteral(L, "***");
-        } else if (strcmp(k, "DATABASE_URL") == 0 && lua_type(L, -1) == LUA_TSTRING) {
+        } else if ((strcmp(k, "DATABASE_URL") == 0 || strcmp(k, "DATABASE_DIRECT_URL") == 0)
+                   && lua_type(L, -1) == LUA_TSTRING) {
             char *red = vg_dburl_redact(lua_tostring(L, -1));
             lua_pop(L, 1);
             lua_pushstring(L, red);

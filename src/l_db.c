@@ -138,7 +138,22 @@ static void push_pool(lua_State *L, int idx)
         if (lua_isboolean(L, -1)) cfg.pre_ping = lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
+    /* The process's pool (no url of its own) goes through a transaction-
+     * mode pooler when DATABASE_DIRECT_URL is set: it sends no "options"
+     * and, unless VG_DB_PREPARE says otherwise, prepares nothing (PgBouncer
+     * before 1.21 cannot), and its LISTEN connection goes straight to the
+     * server. A pool with a url of its own is direct unless told
+     * {pooler = true}. */
+    const char *direct = norm ? NULL : vg_config_str("DATABASE_DIRECT_URL");
+    cfg.pooler = direct != NULL;
+    cfg.listen_url = direct;
+    if (cfg_idx) {
+        lua_getfield(L, cfg_idx, "pooler");
+        if (lua_isboolean(L, -1)) cfg.pooler = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
     cfg.prepare = vg_config_num("VG_DB_PREPARE") != 0;
+    if (cfg.pooler && !getenv("VG_DB_PREPARE")) cfg.prepare = false;
     if (cfg_idx) {
         lua_getfield(L, cfg_idx, "prepare");
         if (lua_isboolean(L, -1)) cfg.prepare = lua_toboolean(L, -1);

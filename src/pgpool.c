@@ -48,6 +48,8 @@ struct vg_pgpool {
     vg_pgpool_cfg_t cfg;
     char *url, *app_name, *describe;
     char **keys, **vals;
+    char **lkeys, **lvals;             /* the LISTEN connection's (listen_url) */
+    char *ldescribe;
     vg_pgconn_t *idle, *busy;          /* the two lists */
     int n[CS_MAX];
     int n_conns;                       /* allocated and not yet freed */
@@ -108,15 +110,22 @@ static void conn_set_state(vg_pgpool_t *p, vg_pgconn_t *c, int st)
     else if (st != CS_NONE) list_push(&p->busy, c);
 }
 
+static void free_params(char **keys, char **vals)
+{
+    for (size_t i = 0; keys[i]; i++) {
+        free(keys[i]);
+        free(vals[i]);
+    }
+    free(keys);
+    free(vals);
+}
+
 static void pool_maybe_free(vg_pgpool_t *p)
 {
     if (!p->destroyed || p->n_conns > 0 || p->cancels > 0 || p->handles_open > 0) return;
-    for (size_t i = 0; p->keys[i]; i++) {
-        free(p->keys[i]);
-        free(p->vals[i]);
-    }
-    free(p->keys);
-    free(p->vals);
+    free_params(p->keys, p->vals);
+    if (p->lkeys != p->keys) free_params(p->lkeys, p->lvals);
+    if (p->ldescribe != p->describe) free(p->ldescribe);
     free(p->url);
     free(p->app_name);
     free(p->describe);
@@ -681,49 +690,40 @@ static void add_param(params_t *pp, const char *key, const char *val)
     pp->vals[pp->n] = NULL;
 }
 
-vg_pgpool_t *vg_pgpool_new(uv_loop_t *loop, const vg_pgpool_cfg_t *cfg, char **err)
+/* The keyword/value arrays for url: the URL's settings, plus ours: results
+ * in ISO dates and UTC, UTF-8, and a name in pg_stat_activity. Generic
+ * plans when asked for (the worker does: its statements are the queue's
+ * fixed ones, whose plans do not depend on the values, and the server would
+ * otherwise keep planning some of them afresh on every execute; make bench:
+ * about 10% more tasks/s in batch mode). Not by default: an ad-hoc query on
+ * a skewed column is better planned for its values. The URL's own options
+ * come after ours, so they can override them.
+ *
+ * Behind a transaction-mode pooler (cfg->pooler) no "options" are sent:
+ * PgBouncer before 1.20 refuses that startup parameter. DateStyle and
+ * TimeZone then go as startup parameters of their own, which PgBouncer
+ * tracks per client and sets on whichever server connection serves a
+ * transaction of this client (see vg_pgpool_new); plan_cache_mode has no
+ * such form and is not needed there (no prepared statements). Returns
+ * false with *err (malloc'd) when url does not parse. */
+static bool build_params(const char *url, const vg_pgpool_cfg_t *cfg, const char *app_name,
+                         bool pooler, params_t *pp, char **err)
 {
-    *err = NULL;
-    if (!cfg->url || !*cfg->url) {
-        *err = vg_xstrdup("DATABASE_URL is not set");
-        return NULL;
-    }
     char *perr = NULL;
-    PQconninfoOption *opts = PQconninfoParse(cfg->url, &perr);
+    PQconninfoOption *opts = PQconninfoParse(url, &perr);
     if (!opts) {
         vg_buf_t b = VG_BUF_INIT;
         char *red = vg_dburl_redact(perr ? perr : "out of memory");
         size_t n = strlen(red);
         while (n && red[n - 1] == '\n') red[--n] = '\0';
-        vg_buf_printf(&b, "DATABASE_URL is not valid: %s", red);
+        vg_buf_printf(&b, "%s is not valid: %s",
+                      url == cfg->url ? "DATABASE_URL" : "DATABASE_DIRECT_URL", red);
         free(red);
         if (perr) PQfreemem(perr);
         *err = vg_buf_steal(&b);
-        return NULL;
+        return false;
     }
-    vg_pgpool_t *p = vg_xcalloc(1, sizeof *p);
-    p->loop = loop;
-    p->cfg = *cfg;
-    p->url = vg_xstrdup(cfg->url);
-    p->cfg.url = p->url;
-    if (cfg->application_name) {
-        p->app_name = vg_xstrdup(cfg->application_name);
-        p->cfg.application_name = p->app_name;
-    }
-    if (p->cfg.size < 1) p->cfg.size = 1;
-    if (p->cfg.max_overflow < 0) p->cfg.max_overflow = 0;
-    p->describe = vg_dburl_describe(cfg->url);
-
-    /* The URL's settings, plus ours: results in ISO dates and UTC, UTF-8,
-     * and a name in pg_stat_activity. Generic plans when asked for (the
-     * worker does: its statements are the queue's fixed ones, whose plans do
-     * not depend on the values, and the server would otherwise keep planning
-     * some of them afresh on every execute; make bench: about 10% more
-     * tasks/s in batch mode). Not by default: an ad-hoc query on a skewed
-     * column is better planned for its values. The URL's own options come
-     * after ours, so they can override them. */
-    params_t pp = {NULL, NULL, 0, 0};
-    const char *ours = p->cfg.prepare && p->cfg.generic_plans
+    const char *ours = cfg->prepare && cfg->generic_plans
         ? "-c DateStyle=ISO,YMD -c TimeZone=UTC -c plan_cache_mode=force_generic_plan"
         : "-c DateStyle=ISO,YMD -c TimeZone=UTC";
     bool has_app = false, has_enc = false, has_opts = false, has_keepalive = false;
@@ -733,37 +733,85 @@ vg_pgpool_t *vg_pgpool_new(uv_loop_t *loop, const vg_pgpool_cfg_t *cfg, char **e
             has_keepalive = true;
         if (strcmp(o->keyword, "application_name") == 0) {
             has_app = true;
-            if (p->app_name) continue;
+            if (app_name) continue;
         }
         if (strcmp(o->keyword, "client_encoding") == 0) has_enc = true;
-        if (strcmp(o->keyword, "options") == 0) {
+        if (strcmp(o->keyword, "options") == 0 && !pooler) {
             vg_buf_t ob = VG_BUF_INIT;
             vg_buf_printf(&ob, "%s %s", ours, o->val);
-            add_param(&pp, "options", ob.data);
+            add_param(pp, "options", ob.data);
             vg_buf_free(&ob);
             has_opts = true;
             continue;
         }
-        add_param(&pp, o->keyword, o->val);
+        add_param(pp, o->keyword, o->val);
     }
     PQconninfoFree(opts);
-    if (p->app_name) add_param(&pp, "application_name", p->app_name);
-    else if (!has_app) add_param(&pp, "fallback_application_name", "vg-host");
-    if (!has_enc) add_param(&pp, "client_encoding", "UTF8");
-    if (!has_opts) add_param(&pp, "options", ours);
+    if (app_name) add_param(pp, "application_name", app_name);
+    else if (!has_app) add_param(pp, "fallback_application_name", "vg-host");
+    if (!has_enc) add_param(pp, "client_encoding", "UTF8");
+    if (!has_opts && !pooler) add_param(pp, "options", ours);
     if (!has_keepalive) {
         /* A connection whose peer vanished without a word (a network cut,
          * a host that died) errors out within about half a minute instead
          * of hanging: this is how the LISTEN connection notices it died
          * silently, and it costs no statement. */
-        add_param(&pp, "keepalives", "1");
-        add_param(&pp, "keepalives_idle", "10");
-        add_param(&pp, "keepalives_interval", "5");
-        add_param(&pp, "keepalives_count", "3");
-        add_param(&pp, "tcp_user_timeout", "30000");
+        add_param(pp, "keepalives", "1");
+        add_param(pp, "keepalives_idle", "10");
+        add_param(pp, "keepalives_interval", "5");
+        add_param(pp, "keepalives_count", "3");
+        add_param(pp, "tcp_user_timeout", "30000");
     }
+    return true;
+}
+
+vg_pgpool_t *vg_pgpool_new(uv_loop_t *loop, const vg_pgpool_cfg_t *cfg, char **err)
+{
+    *err = NULL;
+    if (!cfg->url || !*cfg->url) {
+        *err = vg_xstrdup("DATABASE_URL is not set");
+        return NULL;
+    }
+    params_t pp = {NULL, NULL, 0, 0}, lp = {NULL, NULL, 0, 0};
+    if (!build_params(cfg->url, cfg, cfg->application_name, cfg->pooler, &pp, err))
+        return NULL;
+    if (cfg->listen_url && !build_params(cfg->listen_url, cfg, cfg->application_name, false,
+                                         &lp, err)) {
+        free_params(pp.keys, pp.vals);
+        return NULL;
+    }
+    if (cfg->pooler) {
+        /* libpq sends PGDATESTYLE and PGTZ as the startup parameters
+         * datestyle and timezone (read when each connection starts): the
+         * pool's settings without "options". The process is single-threaded
+         * and this runs before any connection of this pool starts. */
+        setenv("PGDATESTYLE", "ISO, YMD", 1);
+        setenv("PGTZ", "UTC", 1);
+    }
+    vg_pgpool_t *p = vg_xcalloc(1, sizeof *p);
+    p->loop = loop;
+    p->cfg = *cfg;
+    p->url = vg_xstrdup(cfg->url);
+    p->cfg.url = p->url;
+    p->cfg.listen_url = NULL;
+    if (cfg->application_name) {
+        p->app_name = vg_xstrdup(cfg->application_name);
+        p->cfg.application_name = p->app_name;
+    }
+    if (p->cfg.size < 1) p->cfg.size = 1;
+    if (p->cfg.max_overflow < 0) p->cfg.max_overflow = 0;
+    p->describe = vg_dburl_describe(cfg->url);
     p->keys = pp.keys;
     p->vals = pp.vals;
+    if (cfg->listen_url) {
+        p->lkeys = lp.keys;
+        p->lvals = lp.vals;
+        p->ldescribe = vg_dburl_describe(cfg->listen_url);
+    } else {
+        p->lkeys = p->keys;
+        p->lvals = p->vals;
+        p->ldescribe = p->describe;
+    }
 
     uv_timer_init(loop, &p->reaper);
     uv_timer_init(loop, &p->close_timer);
@@ -805,9 +853,9 @@ const vg_pgpool_cfg_t *vg_pgpool_cfg(const vg_pgpool_t *p) { return &p->cfg; }
 vg_pglistener_t *vg_pgpool_listener(vg_pgpool_t *p)
 {
     if (p->listener) return p->listener;
-    vg_pgconn_params_t params = {(const char *const *)p->keys, (const char *const *)p->vals,
+    vg_pgconn_params_t params = {(const char *const *)p->lkeys, (const char *const *)p->lvals,
                                  p->cfg.connect_timeout};
-    p->listener = vg_pglistener_new(p->loop, &params, p->describe);
+    p->listener = vg_pglistener_new(p->loop, &params, p->ldescribe);
     if (p->closing) vg_pglistener_close(p->listener);
     return p->listener;
 }

@@ -6,7 +6,7 @@ set -eu
 
 PACKAGES="gcc make pkg-config liblua5.4-dev lua5.4 libuv1-dev libpq-dev libssl-dev libhttp-parser-dev \
 lua-cjson lua-filesystem lua-busted postgresql postgresql-contrib procps prometheus \
-ffmpeg espeak-ng sox jq fonts-dejavu-core socat curl chromium chromium-driver"
+ffmpeg espeak-ng sox jq fonts-dejavu-core socat curl chromium chromium-driver pgbouncer"
 
 missing=""
 for p in $PACKAGES; do

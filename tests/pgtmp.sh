@@ -29,6 +29,7 @@
 #                     under /usr/lib/postgresql/*/bin)
 #   PGTMP_USER        user to run as when root (default postgres)
 #   PGTMP_PORT        use this port instead of picking a free one
+#   PGTMP_MAX_CONNECTIONS  max_connections (default 200)
 #   PGTMP_RESTART_MODE  shutdown mode of `restart`: fast (default) or
 #                     immediate (a crash: recovery on the next start)
 #
@@ -340,7 +341,7 @@ full_page_writes = $fsync"
 # ---- added by tests/pgtmp.sh ----
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$SOCKDIR'
-max_connections = 200
+max_connections = ${PGTMP_MAX_CONNECTIONS:-200}
 $_sync_lines
 shared_preload_libraries = '$_preload'
 timezone = 'UTC'

@@ -46,6 +46,10 @@ typedef struct {
     double connect_timeout;       /* seconds per connection attempt */
     double pool_timeout;          /* seconds a checkout waits for a busy pool */
     const char *application_name; /* NULL: the URL's, else "vg-host" */
+    bool pooler;                  /* url is a transaction-mode pooler (PgBouncer):
+                                     no "options" startup parameter */
+    const char *listen_url;       /* NULL: LISTEN on url; else straight to the
+                                     server (copied into the pool's parameters) */
 } vg_pgpool_cfg_t;
 
 typedef struct {

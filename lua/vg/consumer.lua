@@ -198,8 +198,16 @@ end
 -- (an idle worker keeps its two connections: the pool's and LISTEN).
 function Consumer:live_pool()
   if not self.live_db then
+    -- Straight to the server when DATABASE_DIRECT_URL is set (DATABASE_URL
+    -- then goes through PgBouncer), so renewals never queue for one of the
+    -- bouncer's server connections; through the bouncer with
+    -- VG_LIVENESS_DIRECT off, for fleets whose direct connections would
+    -- not fit the server's max_connections (README: connection arithmetic).
+    local direct = self.cfg.DATABASE_DIRECT_URL
+    local via_bouncer = direct ~= nil and not self.cfg.VG_LIVENESS_DIRECT
     self.live_db = db.pool {
-      url = self.cfg.DATABASE_URL, pool_size = 1, max_overflow = 0,
+      url = (not via_bouncer and direct) or self.cfg.DATABASE_URL, pooler = via_bouncer,
+      pool_size = 1, max_overflow = 0,
       pool_timeout = self.liveness, application_name = "vg-host liveness",
     }
   end
@@ -607,11 +615,19 @@ function Consumer:wait_for_work(just_rescued)
   if just_rescued then due = self.last_due else due = self:rescue() end
   if self.claim_now then return end
   local timeout = self.poll_interval
-  if due and due <= 0 then
+  if due and due <= 0 and not self.due_retried then
+    -- Due tasks exist but the claim found none: it may have just given
+    -- them their fair keys (a claim gives keys to tasks that became due;
+    -- the next claim sees them). Claim again at once, once.
+    self.due_retried = true
+    self.claim_now = true
+    return
+  elseif due and due <= 0 then
     -- Due tasks exist but were locked by other claimers: look again soon.
     timeout = 0.05
-  elseif due then
-    timeout = math.min(timeout, due)
+  else
+    self.due_retried = false
+    if due then timeout = math.min(timeout, due) end
   end
   timeout = math.max(0, math.min(timeout, self.next_rescue - vg.now()))
   local note = db.wait_notification(timeout)
@@ -711,7 +727,7 @@ function Consumer:step()
       self.claim_width = #tasks == width and width * 2 or 1
     end
     for _, t in ipairs(tasks) do self:spawn_runner(t) end
-    if #tasks > 0 then return end
+    if #tasks > 0 then self.due_retried = false return end
     self.claim_now = false
   end
   self:wait_for_work(just_rescued)

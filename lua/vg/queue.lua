@@ -12,35 +12,42 @@ local M = {}
 
 -- The parts of the claim statements (docs/claim.sql, sections 1 and 1b).
 --
--- due: the (channel, priority) pairs that have a due task, in the order
--- they are served (turn): priority, then the channel served least recently.
-local CLAIM_DUE = [[
-WITH due AS MATERIALIZED (
-    SELECT c.id AS channel_id, r.rank,
-           row_number() OVER (ORDER BY r.rank, c.last_claimed_at NULLS FIRST, c.id) AS turn
-      FROM channels c
-     CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS r (rank)
-     CROSS JOIN LATERAL (
-           -- The ORDER BY (the claimable index's own order) pins this to
-           -- one descent of tasks_claimable_idx: without it, once the table
-           -- is analysed with many due rows, the planner prefers scanning
-           -- "until the first match" (the table, or the run_at index), which
-           -- reads every row for each priority that has no due task.
-           SELECT 1 FROM tasks t
-            WHERE t.channel_id = c.id AND t.priority_rank = r.rank
-              AND t.status IN ('pending', 'retry', 'approved')
-              AND t.run_at <= now()
-            ORDER BY t.channel_id, t.priority_rank, t.run_at, t.id
-            LIMIT 1) AS has_due
-     ORDER BY turn
+-- Claimable tasks that are due carry a fair key (sql/005_fair_keys.sql):
+-- the claim is one scan of tasks_fair_idx in (priority_rank, fair_key,
+-- fair_seq) order, whatever the number of channels or queued tasks.
+--
+-- promote: tasks that became due since they were queued (delayed, backing
+-- off) get their key now, at most 100 per claim, oldest run_at first; the
+-- tasks of one channel in turn after its last key (or from the floor).
+-- The keys are visible to the next claim (a statement does not see its
+-- own changes); the worker claims again at once when a claim found nothing
+-- while tasks were due.
+local CLAIM_PROMOTE = [[
+WITH due_now AS (
+    SELECT t.id, t.channel_id, t.priority_rank, t.run_at FROM tasks t
+     WHERE t.fair_key IS NULL AND t.status IN ('pending', 'retry', 'approved')
+       AND t.run_at <= now()
+     ORDER BY t.run_at, t.id
+     LIMIT 100
+       FOR UPDATE SKIP LOCKED
+),
+promoted AS (
+    UPDATE tasks t
+       SET fair_key = k.key, fair_seq = nextval('tasks_fair_seq'), updated_at = now()
+      FROM (SELECT d.id, tasks_fair_next(d.channel_id, d.priority_rank)
+                         + row_number() OVER (PARTITION BY d.channel_id, d.priority_rank
+                                              ORDER BY d.run_at, d.id) - 1 AS key
+              FROM due_now d) k
+     WHERE t.id = k.id
 ),
 ]]
 
--- claimed, touched: take the picked tasks (a new lease and fencing token)
--- and move the channels' round-robin pointer. The picked ids go in as one
--- array, which pins the UPDATE to the primary key: joined to picked, the
--- generic plan hashed the whole table for a claim of hundreds (measured:
--- 4 of 11 ms for a claim of 500 with 20,000 tasks).
+-- claimed: take the picked tasks (a new lease and fencing token). The
+-- picked ids go in as one array, which pins the UPDATE to the primary key:
+-- joined to picked, the generic plan hashed the whole table for a claim of
+-- hundreds (measured: 4 of 11 ms for a claim of 500 with 20,000 tasks).
+-- fair_key stays on a claimed task: a release or rescue puts it back in
+-- its place.
 local CLAIM_TAKE = [[
 claimed AS (
     UPDATE tasks t
@@ -52,73 +59,42 @@ claimed AS (
      WHERE t.id = ANY (ARRAY(SELECT picked.id FROM picked))
  RETURNING t.id, t.channel_id, t.pipeline, t.payload, t.priority, t.attempts,
            t.max_attempts, t.lease_token, t.status
-),
-touched AS (
-    UPDATE channels c SET last_claimed_at = now()
-     WHERE c.id IN (SELECT l.id FROM channels l
-                     WHERE l.id IN (SELECT claimed.channel_id FROM claimed)
-                       FOR NO KEY UPDATE SKIP LOCKED)
 )
 SELECT * FROM claimed]]
 
--- Claim up to $4 tasks, at most one per (channel, priority) pair: for each
--- pair in turn, its oldest due task that nobody has locked.
-M.CLAIM_SQL = CLAIM_DUE .. [[
+-- Claim up to $4 tasks: the first ones in fair order that nobody has
+-- locked. Only the rows taken are locked (Limit above LockRows above the
+-- index scan).
+M.CLAIM_SQL = CLAIM_PROMOTE .. [[
 picked AS (
-    SELECT p.id
-      FROM due
-     CROSS JOIN LATERAL (
-           SELECT t.id FROM tasks t
-            WHERE t.channel_id = due.channel_id AND t.priority_rank = due.rank
-              AND t.status IN ('pending', 'retry', 'approved')
-              AND t.run_at <= now()
-            ORDER BY t.run_at, t.id
-            LIMIT 1
-              FOR UPDATE SKIP LOCKED) p
+    SELECT t.id FROM tasks t
+     WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
+       AND t.run_at <= now()
+     ORDER BY t.priority_rank, t.fair_key, t.fair_seq
      LIMIT $4
+       FOR UPDATE SKIP LOCKED
 ),
 ]] .. CLAIM_TAKE
 
--- Claim up to $4 (> 1) tasks in one statement (batch mode), fairly, and
--- only from the highest priority that has due tasks (the next claim moves
--- on to the next priority once it is done, so a batch never takes a lower
--- priority's tasks while higher ones wait, however claims interleave):
--- each of its due channels offers its oldest k tasks (k: twice an even
--- share of $4 among them, plus one, in case concurrent claimers hold some),
--- and the candidates are locked in round-robin order: the first task of
--- every channel, then the second, and so on. As in CLAIM_SQL, the
--- materialised CTE keeps that order and the LATERAL locks only the rows
--- the LIMIT takes.
-M.CLAIM_MANY_SQL = CLAIM_DUE .. [[
-top AS MATERIALIZED (
-    SELECT * FROM due WHERE due.rank = (SELECT min(rank) FROM due)
-),
-share AS (
-    SELECT 2 * ceil($4::float8 / count(*))::int + 1 AS k FROM top
-),
-candidates AS MATERIALIZED (
-    SELECT x.id
-      FROM top
-     CROSS JOIN LATERAL (
-           SELECT t.id, row_number() OVER (ORDER BY t.run_at, t.id) AS n
-             FROM tasks t
-            WHERE t.channel_id = top.channel_id AND t.priority_rank = top.rank
-              AND t.status IN ('pending', 'retry', 'approved')
-              AND t.run_at <= now()
-            ORDER BY t.run_at, t.id
-            LIMIT (SELECT k FROM share)) x
-     ORDER BY x.n, top.turn
+-- Claim up to $4 (> 1) tasks in one statement (batch mode), in the same
+-- order, but only from the highest priority that has due tasks: a batch
+-- never takes a lower priority's tasks while concurrent claimers hold the
+-- higher one's (the next claim moves on once that priority is empty).
+M.CLAIM_MANY_SQL = CLAIM_PROMOTE .. [[
+top AS (
+    SELECT t.priority_rank FROM tasks t
+     WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
+       AND t.run_at <= now()
+     ORDER BY t.priority_rank, t.fair_key, t.fair_seq
+     LIMIT 1
 ),
 picked AS (
-    SELECT p.id
-      FROM candidates c
-     CROSS JOIN LATERAL (
-           SELECT t.id FROM tasks t
-            WHERE t.id = c.id
-              AND t.status IN ('pending', 'retry', 'approved')
-              AND t.run_at <= now()
-              FOR UPDATE SKIP LOCKED) p
+    SELECT t.id FROM tasks t
+     WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
+       AND t.run_at <= now() AND t.priority_rank = (SELECT priority_rank FROM top)
+     ORDER BY t.priority_rank, t.fair_key, t.fair_seq
      LIMIT $4
+       FOR UPDATE SKIP LOCKED
 ),
 ]] .. CLAIM_TAKE
 
