@@ -5,17 +5,10 @@ local proc = require "vg.proc"
 local cjson = require "cjson"
 local http = require "vg.http"
 local host = require "spec.support.host"
+local support_http = require "spec.support.http"
+local curl = support_http.curl
 
 -- curl: status, body (and headers when asked).
-local function curl(url, args)
-  local argv = { "curl", "-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}" }
-  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
-  argv[#argv + 1] = url
-  local r = proc.run(argv, { timeout = 40 })
-  local body, code = r.stdout:match("^(.*)\n(%d%d%d)$")
-  return tonumber(code), body, r
-end
-
 -- Raw bytes to a port with socat; the answer as received.
 local function raw(port, bytes)
   local r = proc.run({ "socat", "-t", "5", "-", "TCP:127.0.0.1:" .. port }, { stdin = bytes, timeout = 30 })

@@ -7,26 +7,10 @@ local cjson = require "cjson"
 local http = require "vg.http"
 local host = require "spec.support.host"
 local tdb = require "spec.support.db"
+local support_http = require "spec.support.http"
+local curl, free_port = support_http.curl, support_http.free_port
 
 local describe_db = tdb.available() and describe or pending
-
-local function curl(url, args)
-  local argv = { "curl", "-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}" }
-  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
-  argv[#argv + 1] = url
-  local r = proc.run(argv, { timeout = 40 })
-  local body, code = r.stdout:match("^(.*)\n(%d%d%d)$")
-  return tonumber(code), body
-end
-
--- A free port on 127.0.0.1 (bound and released at once).
-local function free_port()
-  local s = http.serve { port = 0, routes = {} }
-  local port = s.port()
-  s.close()
-  s.task:join()
-  return port
-end
 
 local function health(port)
   local code, body = curl("http://127.0.0.1:" .. port .. "/healthz")
