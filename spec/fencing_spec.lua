@@ -15,6 +15,7 @@ local proc = require "vg.proc"
 local host = require "spec.support.host"
 local tdb = require "spec.support.db"
 local ticks = require "spec.support.ticks"
+local proxy = require "spec.support.proxy"
 
 local describe_db = tdb.available() and describe or pending
 
@@ -64,6 +65,8 @@ describe_db("fencing", function()
     procs = {}
     os.remove(tick_file)
     db.query("ALTER ROLE vg_owner LOGIN")
+    db.query("DROP TRIGGER IF EXISTS test_claim_gate ON tasks")
+    proxy.cleanup()
     host.cleanup()
   end)
 
@@ -193,25 +196,18 @@ describe_db("fencing", function()
 
   it("stops its step when a partition cuts it off, and its late writes are refused", function()
     tdb.channel("c1")
-    local port = 20000 + math.random(0, 20000)
-    local pg_port = tdb.url:match(":(%d+)/")
-    local proxy = proc.spawn({ "socat", "TCP-LISTEN:" .. port .. ",bind=127.0.0.1,reuseaddr,fork",
-                               "TCP:127.0.0.1:" .. pg_port })
-    assert.is_true(tdb.eventually(function()
-      return proc.run({ "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/" .. port }).code == 0
-    end, 10, 0.1), "the proxy did not start")
+    local px = proxy.start()
     local id = enqueue_ticker(300) -- 15 s unless stopped
-    local via_proxy = tdb.url:gsub(":" .. pg_port .. "/", ":" .. port .. "/")
-    local owner = worker("owner", { DATABASE_URL = via_proxy })
+    local owner = worker("owner", { DATABASE_URL = px.url })
     wait_ticking(id)
     local peer = worker("peer")
     -- The partition: the proxy and every connection it forwards stop
     -- moving bytes (SIGSTOP to its process group); connections stay open.
-    proxy:kill("STOP", { group = true })
+    px:stop()
     assert.truthy(host.wait_event(owner, "task_fenced", 30), "the owner did not fence its task")
     wait_status(id, "processing", 30)
     vg.sleep(8, { interruptible = false }) -- a partition of about ten seconds
-    proxy:kill("CONT", { group = true })
+    px:cont()
     wait_status(id, "completed", 90)
     local runs = assert_no_overlap(tick_file)[id]
     assert.equal(2, #runs)
@@ -220,8 +216,56 @@ describe_db("fencing", function()
     peer:kill("TERM")
     assert.equal(0, owner:wait(60).code)
     assert.equal(0, peer:wait(60).code)
-    proxy:kill("KILL", { group = true })
-    proxy:wait(10)
+  end)
+
+  it("gives back at once a task whose claim answer was lost, its attempt kept", function()
+    tdb.channel("c1")
+    local px = proxy.start()
+    -- A step that keeps the worker's liveness held (so nothing but the
+    -- worker itself gives the lost claim's task back before its lease).
+    local holder = enqueue_ticker(2000)
+    local w = worker("w", { DATABASE_URL = px.url, VG_CONCURRENCY = "2", VG_LEASE_SECONDS = "600",
+                            VG_SHUTDOWN_GRACE = "1" })
+    wait_ticking(holder)
+    -- The next claim waits on the server, in a trigger of this spec's, for
+    -- an advisory lock the spec holds.
+    db.query([[CREATE OR REPLACE FUNCTION test_claim_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$]])
+    db.query([[CREATE TRIGGER test_claim_gate BEFORE UPDATE ON tasks FOR EACH ROW
+               WHEN (NEW.status = 'claimed' AND OLD.status <> 'claimed')
+               EXECUTE FUNCTION test_claim_gate()]])
+    local locked, unlock = vg.event(), vg.event()
+    local lock = vg.spawn(function()
+      db.transaction(function(tx)
+        tx:query("SELECT pg_advisory_xact_lock(4242)")
+        locked:set()
+        unlock:wait(nil, { interruptible = false })
+      end)
+    end)
+    assert.is_true(locked:wait(30))
+    local id = enqueue_ticker(2)
+    assert.is_true(tdb.eventually(function()
+      return tdb.count([[SELECT count(*) FROM pg_stat_activity
+                          WHERE wait_event = 'advisory' AND query LIKE '%claimed%']]) == 1
+    end, 30), "the claim did not reach the server")
+    -- Its connection dies while the server still runs it; then the lock
+    -- goes, and the server commits a claim whose answer nobody reads.
+    px:kill()
+    px:up()
+    unlock:set()
+    lock:join()
+    -- The worker gives it back itself and runs it: its lease (600 s) and
+    -- liveness (held by the other step) would keep it claimed otherwise.
+    wait_status(id, "completed", 60)
+    assert.equal(1, task_row(id).attempts)
+    assert.equal(1, #assert_no_overlap(tick_file)[id])
+    w:kill("TERM")
+    local r = w:wait(60)
+    assert.equal(0, r.code)
+    local lines = host.lines(r.stdout)
+    local released = host.find(lines, "tasks_released")
+    assert.truthy(released, "no tasks_released line")
+    assert.same({ id }, released.task_ids)
   end)
 
   it("ends a step that never yields at the slice; heartbeats go on and SIGTERM is honoured", function()

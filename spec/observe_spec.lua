@@ -7,6 +7,7 @@ local cjson = require "cjson"
 local http = require "vg.http"
 local host = require "spec.support.host"
 local tdb = require "spec.support.db"
+local proxy = require "spec.support.proxy"
 local support_http = require "spec.support.http"
 local curl, free_port = support_http.curl, support_http.free_port
 
@@ -40,6 +41,7 @@ describe_db("worker /healthz and /metrics", function()
   after_each(function()
     for _, p in ipairs(procs) do if p:running() then p:kill("KILL", { group = true }); p:wait(10) end end
     procs = {}
+    proxy.cleanup()
   end)
 
   local function worker(name, extra)
@@ -136,33 +138,19 @@ describe_db("worker /healthz and /metrics", function()
   end)
 
   it("answers 503 database_unreachable while the database is cut off, and 200 once it is back", function()
-    local pg_host, pg_port = tdb.url:match("@([^:/]+):(%d+)/")
-    local proxy_port = free_port()
-    local function proxy()
-      local px = proc.spawn({ "socat", "TCP-LISTEN:" .. proxy_port .. ",bind=127.0.0.1,reuseaddr,fork",
-                              "TCP:" .. pg_host .. ":" .. pg_port }, {})
-      procs[#procs + 1] = px
-      -- Ready once it accepts a connection.
-      assert.is_true(tdb.eventually(function()
-        return proc.run({ "socat", "-u", "/dev/null", "TCP:127.0.0.1:" .. proxy_port }).code == 0
-      end, 10, 0.05))
-      return px
-    end
-    local px = proxy()
+    local px = proxy.start()
     local port = free_port()
-    local url = tdb.url:gsub("@[^/]+/", "@127.0.0.1:" .. proxy_port .. "/")
-    local p = worker("o1", { VG_HTTP_PORT = tostring(port), DATABASE_URL = url })
+    local p = worker("o1", { VG_HTTP_PORT = tostring(port), DATABASE_URL = px.url })
     assert.truthy(host.wait_event(p, "worker_started"))
     assert.is_true(tdb.eventually(function() return (health(port)) == 200 end, 30))
     -- The outage: the proxy and every connection through it die.
-    px:kill("KILL", { group = true })
-    px:wait(10)
+    px:kill()
     local code, body = health(port)
     assert.are.equal(503, code)
     assert.are.equal("database_unreachable", body.reason)
     assert.are.equal("unreachable", body.database)
     -- Back:
-    proxy()
+    px:up()
     assert.is_true(tdb.eventually(function() return (health(port)) == 200 end, 30))
     p:kill("TERM")
     assert.are.equal(0, p:wait(60).code)

@@ -329,4 +329,24 @@ describe_db("the queue", function()
     live:close()
   end)
 
+  it("gives back the claimed tasks of its instance that it does not hold, and nothing else", function()
+    tdb.channel("c1")
+    tdb.enqueue("c1", 5)
+    local held, lost, started = q:claim(1)[1], q:claim(1)[1], q:claim(1)[1]
+    assert.is_true(q:start(started, "s1"))
+    local other = queue.new { worker_id = "other", instance = "other:1", lease_seconds = 30 }
+    local theirs = other:claim(1)[1]
+    assert.same({ lost.id }, q:release_unknown({ held.id }))
+    local function row(t) return db.query("SELECT status, attempts FROM tasks WHERE id = $1", t.id)[1] end
+    assert.same({ status = "retry", attempts = 0 }, row(lost))
+    assert.same({ status = "claimed", attempts = 1 }, row(held))
+    assert.same({ status = "processing", attempts = 1 }, row(started))
+    assert.same({ status = "claimed", attempts = 1 }, row(theirs))
+    -- given back in its place: it is the next task claimed
+    assert.equal(lost.id, other:claim(1)[1].id)
+    -- holding nothing: every task it claimed and never started goes back
+    assert.same({ held.id }, q:release_unknown({}))
+    assert.same({}, q:release_unknown({}))
+  end)
+
 end)

@@ -8,6 +8,7 @@ local cjson = require "cjson"
 local http = require "vg.http"
 local host = require "spec.support.host"
 local tdb = require "spec.support.db"
+local proxy = require "spec.support.proxy"
 local support_http = require "spec.support.http"
 local curl, free_port = support_http.curl, support_http.free_port
 
@@ -46,6 +47,7 @@ describe_db("lua/web.lua", function()
   after_each(function()
     for _, p in ipairs(procs) do if p:running() then p:kill("KILL", { group = true }); p:wait(10) end end
     procs = {}
+    proxy.cleanup()
   end)
 
   local function web(extra)
@@ -207,22 +209,10 @@ describe_db("lua/web.lua", function()
   end)
 
   it("shows a database outage on the page and in /healthz, and recovers", function()
-    local pg_host, pg_port = tdb.url:match("@([^:/]+):(%d+)/")
-    local proxy_port = free_port()
-    local function proxy()
-      local px = proc.spawn({ "socat", "TCP-LISTEN:" .. proxy_port .. ",bind=127.0.0.1,reuseaddr,fork",
-                              "TCP:" .. pg_host .. ":" .. pg_port }, {})
-      procs[#procs + 1] = px
-      assert.is_true(tdb.eventually(function()
-        return proc.run({ "socat", "-u", "/dev/null", "TCP:127.0.0.1:" .. proxy_port }).code == 0
-      end, 10, 0.05))
-      return px
-    end
-    local px = proxy()
-    local base = web { DATABASE_URL = (tdb.url:gsub("@[^/]+/", "@127.0.0.1:" .. proxy_port .. "/")) }
+    local px = proxy.start()
+    local base = web { DATABASE_URL = px.url }
     assert.are.equal(200, (curl(base .. "/")))
-    px:kill("KILL", { group = true })
-    px:wait(10)
+    px:kill()
     local code, body = curl(base .. "/")
     assert.are.equal(503, code)
     assert.matches('id="outage"', body, 1, true)
@@ -231,7 +221,7 @@ describe_db("lua/web.lua", function()
     assert.are.equal("database_unreachable", cjson.decode(body).reason)
     assert.are.equal(503, (curl(base .. "/metrics")))
     assert.are.equal(503, (curl(base .. "/review")))
-    proxy()
+    px:up()
     assert.is_true(tdb.eventually(function() return (curl(base .. "/healthz")) == 200 end, 30))
     assert.are.equal(200, (curl(base .. "/")))
   end)

@@ -15,6 +15,9 @@ failed=0
 skipped=0
 failures=""
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/vg-test-logs.XXXXXX")
+# The whole output of each failing suite is kept here (emptied per run).
+KEEPDIR="$ROOT/build/test-logs"
+rm -rf "$KEEPDIR"
 PGTMP_DIR=""
 
 cleanup() {
@@ -67,6 +70,10 @@ suite() {
         failures="$failures $name(exit-$rc)"
         echo "== $name exited $rc without a failing test; its output ends with:"
         tail -n 30 "$out"
+    fi
+    if [ $rc -ne 0 ] || grep -q '^not ok ' "$out"; then
+        mkdir -p "$KEEPDIR" && cp "$out" "$KEEPDIR/" &&
+            echo "== $name: whole output in build/test-logs/$(basename "$out")"
     fi
 }
 

@@ -40,6 +40,14 @@ function M.is_infra(e)
   return st:sub(1, 2) == "08" or st:sub(1, 3) == "57P"
 end
 
+local function err_text(e)
+  if type(e) == "table" and e.message then return tostring(e.code or "error") .. ": " .. tostring(e.message) end
+  return tostring(e)
+end
+
+-- Claim errors that mean the statement was never sent.
+local NOT_SENT = { pool_timeout = true, connect_failed = true, database_unreachable = true }
+
 local Consumer = {}
 Consumer.__index = Consumer
 
@@ -84,6 +92,10 @@ function M.new(cfg, opts)
     end
   end
   c.running = {}          -- task id -> { task = row, handle = vg task }
+  c.held = {}             -- task id -> true: claims whose answer arrived
+  c.claims_in_flight = 0
+  c.claim_gate = vg.event() -- set when no claim is on its way
+  c.unknown_claims = false  -- a claim's answer may have been lost
   c.n_running = 0
   c.slot_free = vg.event()
   c.stats = { done = 0, failed = 0, retried = 0, released = 0, lost = 0, fenced = 0 }
@@ -384,22 +396,93 @@ end
 -- task whose liveness lapsed while the claim was on its way is given back
 -- at once, not run.
 function Consumer:claim(n)
+  if not self:settle_claims() then return {} end
   if not self:ensure_live() then return {} end
   local epoch, t0 = self.live.epoch, vg.now()
-  local rows = self.queue:claim(n)
+  self.claims_in_flight = self.claims_in_flight + 1
+  local ok, rows = pcall(self.queue.claim, self.queue, n)
+  self.claims_in_flight = self.claims_in_flight - 1
+  if self.claims_in_flight == 0 then self.claim_gate:set() end
+  if not ok then
+    if not (type(rows) == "table" and NOT_SENT[rows.code]) then
+      self.unknown_claims = true
+      self:recheck_claims(t0 + self.liveness)
+    end
+    error(rows, 0)
+  end
   local keep = {}
   for _, t in ipairs(rows) do
     t.live_epoch = epoch
     t.lease_deadline = t0 + self.lease_seconds - self.margin
+    self.held[t.id] = true
     if self:deadline_of(t) > vg.now() then
       keep[#keep + 1] = t
     else
+      self.held[t.id] = nil
       local rok = pcall(self.queue.release, self.queue, t)
       log.warning("task_released", { task_id = t.id, released = rok,
                                      reason = "liveness lapsed during the claim" })
     end
   end
   return keep
+end
+
+-- A claim whose answer may have been lost (the connection died, or the
+-- claiming task was cancelled, after the server may have committed it)
+-- leaves tasks claimed by this instance that it does not know of. Before
+-- the next claim: wait for the claims on their way, then one statement gives
+-- back every task claimed by this instance and not held (their attempt and
+-- place kept), so they run again now, not when their lease expires. A
+-- claim the server was still running when its connection was lost commits
+-- later: the same statement runs once more, VG_LIVENESS_SECONDS after that
+-- claim was sent. Returns false when shutdown came first.
+function Consumer:settle_claims()
+  while self.unknown_claims do
+    if vg.shutdown_requested() then return false end
+    if self.claims_in_flight == 0 and not self.settling then
+      self.settling = true
+      local ok, err = pcall(self.release_unknown, self)
+      self.settling = false
+      self.claim_gate:set()
+      if not ok then error(err, 0) end
+    else
+      self.claim_gate:clear()
+      self.claim_gate:wait()
+    end
+  end
+  return true
+end
+
+-- Settle the claims again at time `at` (vg.now() clock), in a task of its
+-- own, so that it happens even when no claim comes.
+function Consumer:recheck_claims(at)
+  self.recheck_due = math.max(self.recheck_due or 0, at)
+  if self.rechecker then return end
+  self.rechecker = vg.spawn(function()
+    while self.recheck_due do
+      local due = self.recheck_due
+      if not vg.sleep(math.max(0, due - vg.now())) then break end -- shutdown: stop() settles
+      if self.recheck_due == due then self.recheck_due = nil end
+      self.unknown_claims = true
+      local ok, err = pcall(self.settle_claims, self)
+      if not ok then
+        if vg.is_cancelled(err) then break end
+        log.warning("claims_not_settled", { error = err_text(err) }) -- the next claim settles them
+      end
+    end
+    self.rechecker = nil
+  end)
+end
+
+function Consumer:release_unknown()
+  local ids = {}
+  for id in pairs(self.held) do ids[#ids + 1] = id end
+  local released = self.queue:release_unknown(ids)
+  self.unknown_claims = false
+  if #released > 0 then
+    self.claim_now = true
+    log.warning("tasks_released", { task_ids = released, reason = "the answer to their claim was lost" })
+  end
 end
 
 -- Writes for a task (and its reads), retried through infrastructure errors
@@ -430,11 +513,6 @@ function M.retrying_queue(c)
     rawset(proxy, name, wrapped)
     return wrapped
   end })
-end
-
-local function err_text(e)
-  if type(e) == "table" and e.message then return tostring(e.code or "error") .. ": " .. tostring(e.message) end
-  return tostring(e)
 end
 
 local function traceback(e)
@@ -534,6 +612,7 @@ function Consumer:run_slot(task, handle)
     self.fence_wake:set()
     local ok, err = pcall(self.run_task, self, task, entry)
     self.running[task.id] = nil
+    self.held[task.id] = nil
     log.clear_context("correlation_id")
     if not ok then
       if vg.is_cancelled(err) then error(err, 0) end
@@ -561,6 +640,8 @@ function Consumer:run_slot(task, handle)
       -- Shutdown began while the claim was on its way: give the task back
       -- at once (the attempt not counted) rather than start it now.
       local rok, released = pcall(self.queue.release, self.queue, task)
+      self.held[task.id] = nil
+      if not rok then self.unknown_claims = true end -- stop() gives it back
       self.stats.released = self.stats.released + 1
       log.info("task_released", { task_id = task.id, released = rok and released or false })
       return
@@ -799,11 +880,15 @@ function Consumer:stop()
     self.slot_free:clear()
     if self.n_running > 0 then self.slot_free:wait(nil, { interruptible = false }) end
   end
-  for _, t in ipairs({ self.keeper, self.fencer }) do
+  for _, t in ipairs({ self.keeper, self.fencer, self.rechecker }) do
     t:cancel()
     pcall(t.join, t)
   end
   proc.fence(nil)
+  if self.unknown_claims or self.recheck_due then
+    local ok, err = pcall(self.release_unknown, self)
+    if not ok then log.warning("tasks_not_released", { error = err_text(err) }) end
+  end
   self:close_live_pool()
   local ok, err = pcall(self.queue.register, self.queue, "stopped", self:counts(), vg.version)
   if not ok then log.warning("worker_row_not_updated", { error = tostring(err) }) end

@@ -207,6 +207,21 @@ upsert AS (
 )
 SELECT (SELECT count(*) FROM released)::int AS released, (SELECT count(*) FROM upsert)::int AS held]]
 
+-- Give back the tasks this instance claimed but does not know it holds: a
+-- claim whose answer was lost (the connection died, or the claiming task
+-- was cancelled, after the server committed it). $3: a JSON array of the
+-- ids the instance does hold. Only tasks never started ('claimed'); their
+-- place and attempt kept, as when the liveness is taken again.
+M.RELEASE_UNKNOWN_SQL = [[
+UPDATE tasks t
+   SET status = 'retry', attempts = greatest(t.attempts - 1, 0),
+       lease_expires_at = NULL, lease_token = t.lease_token + 1,
+       last_error = format('released by %s: the answer to its claim was lost', $1::text),
+       updated_at = now()
+ WHERE t.claimed_instance = $2 AND t.status = 'claimed'
+   AND NOT t.id = ANY (ARRAY(SELECT x::bigint FROM jsonb_array_elements_text($3::jsonb) x))
+RETURNING t.id]]
+
 -- Rescue in one statement: tasks whose lease expired, and tasks of
 -- instances whose liveness lapsed on the database clock, go back to retry
 -- (or to failed when their attempts are used up), keeping their place in
@@ -408,6 +423,15 @@ function Queue:acquire_liveness(pool, seconds)
   else rows = db.query(M.LIVENESS_ACQUIRE_SQL, self.worker_id, self.instance, seconds) end
   local row = rows[1]
   return row.held > 0, row.released
+end
+
+-- Give back the tasks claimed by this instance (status 'claimed') other
+-- than held_ids (a list); returns their ids.
+function Queue:release_unknown(held_ids)
+  local held = "[" .. table.concat(held_ids, ",") .. "]" -- integers; {} would encode as an object
+  local out = {}
+  for i, r in ipairs(db.query(M.RELEASE_UNKNOWN_SQL, self.worker_id, self.instance, held)) do out[i] = r.id end
+  return out
 end
 
 function Queue:completed_steps(task)
