@@ -20,28 +20,52 @@
 # (default 600). Ctrl-C stops the workers and the database cleanly.
 #
 # The throw-away PostgreSQL is removed when the demo ends, so its URL is not
-# printed; VG_DEMO_KEEP_DB=1 keeps it running after a finished demo and
-# prints its URL and the command that stops it.
+# printed. With VG_DEMO_KEEP_DB=1 a demo that got to the end leaves it
+# running and prints its URL and the command that stops it (an interrupted
+# or timed-out demo still removes it).
 #
 # With DATABASE_URL set, that database is used (and kept): the demo adds its
 # channels (demo-nature, demo-city) and tasks; workers started here may also
 # pick up other queued tasks of that database.
+#
+# Other settings, for quick runs and tests:
+#   VG_DEMO_PIPELINE  video (default) or noop: the five tasks go through the
+#                     noop pipeline (no steps, no videos, no media tools
+#                     needed), so the whole demo takes a few seconds
+#   VG_DEMO_OUTPUT    folder for workspace/ and logs/ instead of
+#                     ./demo-output (only those and tmp/ inside it are
+#                     replaced)
+#   VG_HOST_BIN       the vg-host binary (default build/vg-host)
 set -eu
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-BIN=$ROOT/build/vg-host
-OUT=$ROOT/demo-output
+BIN=${VG_HOST_BIN:-$ROOT/build/vg-host}
+OUT=${VG_DEMO_OUTPUT:-$ROOT/demo-output}
+PIPELINE=${VG_DEMO_PIPELINE:-video}
 LOGS=$OUT/logs
 WORKSPACE=$OUT/workspace
 TIMEOUT=${VG_DEMO_TIMEOUT:-600}
 WORKERS=3
 
 say() { printf 'demo: %s\n' "$*"; }
+# One word for a shell command line: quoted when it holds anything else
+# than letters, digits and _./:@%+=,-
+quote() {
+    case $1 in
+        '' | *[!A-Za-z0-9_./:@%+=,-]*) printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")" ;;
+        *) printf '%s' "$1" ;;
+    esac
+}
 die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
 
+case $PIPELINE in
+    video) TOOLS="ffmpeg ffprobe espeak-ng sox jq psql" ;;
+    noop) TOOLS="jq psql" ;;
+    *) die "VG_DEMO_PIPELINE must be video or noop, not '$PIPELINE'" ;;
+esac
 [ -x "$BIN" ] || die "$BIN is missing; run make demo (it builds it first)"
-for tool in ffmpeg ffprobe espeak-ng sox jq psql; do
+for tool in $TOOLS; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed; run make deps"
 done
 
@@ -79,9 +103,9 @@ cleanup() {
     fi
     if [ -n "$PGDIR" ] && [ "$finished" -eq 1 ] && [ "${VG_DEMO_KEEP_DB:-0}" = 1 ]; then
         say "PostgreSQL keeps running (VG_DEMO_KEEP_DB=1): DATABASE_URL=$DATABASE_URL"
-        say "stop it with: sh tests/pgtmp.sh stop $PGDIR"
+        say "stop it with: sh $(quote "$ROOT/tests/pgtmp.sh") stop $(quote "$PGDIR")"
     elif [ -n "$PGDIR" ]; then
-        say "stopping the throw-away PostgreSQL"
+        say "stopping and removing the throw-away PostgreSQL"
         sh tests/pgtmp.sh stop "$PGDIR" >>"$LOGS/postgres.log" 2>&1 || true
     fi
     if [ "$finished" -ne 1 ]; then
@@ -92,7 +116,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM
 
-rm -rf "$OUT"
+rm -rf "$LOGS" "$WORKSPACE" "$OUT/tmp"
 mkdir -p "$LOGS" "$WORKSPACE" "$OUT/tmp"
 
 # ---------------------------------------------------------------- database
@@ -107,7 +131,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
         die "could not start PostgreSQL"
     fi
     if [ "${VG_DEMO_KEEP_DB:-0}" = 1 ]; then
-        say "PostgreSQL is up; it keeps running after the demo (VG_DEMO_KEEP_DB=1)"
+        say "PostgreSQL is up; it keeps running after a finished demo (VG_DEMO_KEEP_DB=1)"
     else
         say "PostgreSQL is up (removed when the demo ends; VG_DEMO_KEEP_DB=1 keeps it)"
     fi
@@ -162,7 +186,7 @@ say "channels with encrypted credentials: $(tr '\n' ' ' <"$OUT/tmp/channels.out"
 TASKS=""
 enqueue() {
     channel=$1 priority=$2 payload=$3
-    if ! LOG_LEVEL=warning "$BIN" lua/enqueue.lua --channel "$channel" --pipeline video \
+    if ! LOG_LEVEL=warning "$BIN" lua/enqueue.lua --channel "$channel" --pipeline "$PIPELINE" \
             --priority "$priority" "$payload" >"$OUT/tmp/enqueue.out" 2>>"$LOGS/enqueue.log"; then
         cat "$OUT/tmp/enqueue.out" "$LOGS/enqueue.log" >&2
         die "enqueue failed"
@@ -175,7 +199,11 @@ enqueue() {
     sps=$(printf '%s' "$payload" | jq -r '.seconds_per_scene // 2')
     printf '  task %-4s %-12s %-7s %s scenes x %s s  "%s"\n' "$id" "$channel" "$priority" "$scenes" "$sps" "$title"
 }
-say "enqueueing five videos"
+if [ "$PIPELINE" = video ]; then
+    say "enqueueing five videos"
+else
+    say "enqueueing five $PIPELINE tasks (VG_DEMO_PIPELINE=$PIPELINE: no steps, no videos)"
+fi
 enqueue demo-nature high   '{"title":"Autumn Forest","topic":"a walk through an autumn forest","scenes":3,"seconds_per_scene":2}'
 enqueue demo-city   normal '{"title":"City at Night","topic":"neon lights and rain in the city","scenes":3,"seconds_per_scene":3}'
 enqueue demo-nature normal '{"title":"Ocean Waves","topic":"waves rolling onto a quiet beach at dawn","scenes":4,"seconds_per_scene":2}'
@@ -230,7 +258,10 @@ while :; do
             pending|retry) word="queued"; [ "$status" = retry ] && word="retry"; open=1 ;;
             approved) word="approved"; open=1 ;;
             claimed) word="claimed"; open=1 ;;
-            processing) word="$((done_steps + 1))/6:$(step_name $((done_steps + 1)))"; open=1 ;;
+            processing)
+                word=running
+                [ "$PIPELINE" = video ] && word="$((done_steps + 1))/6:$(step_name $((done_steps + 1)))"
+                open=1 ;;
             awaiting_review) word="review:$step"; open=1; gates="$gates $id:$step" ;;
             *) word=$status ;;
         esac
@@ -278,47 +309,63 @@ WORKER_PIDS=""
 
 # ---------------------------------------------------------------- report
 
-echo
-say "videos:"
-completed=0
-sql "SELECT t.id, t.channel_id, t.status, coalesce(t.payload->>'title', ''), coalesce(v.path, ''),
-            coalesce(v.size_bytes, 0),
-            (SELECT coalesce(sum(c.cost_usd), 0) FROM video_costs c WHERE c.task_id = t.id)::numeric(12,4),
-            coalesce(t.last_error, '')
-       FROM tasks t LEFT JOIN LATERAL (SELECT * FROM videos v WHERE v.task_id = t.id
-                                        ORDER BY v.id DESC LIMIT 1) v ON true
-      WHERE t.id IN ($IDS) ORDER BY t.id" >"$OUT/tmp/report"
-while IFS='|' read -r id channel status title path size cost err; do
-    if [ "$status" = completed ] && [ -n "$path" ]; then
-        dur=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$path" 2>/dev/null || true)
-        case $dur in ''|*[!0-9.]*) dur=0 ;; esac
-        printf '  task %-4s %-12s %-15s %6.2f s  %8s bytes  $%s\n      %s\n' \
-            "$id" "$channel" "\"$title\"" "$dur" "$size" "$cost" "$path"
-        completed=$((completed + 1))
-    else
-        printf '  task %-4s %-12s %-15s %s  $%s  %s\n' "$id" "$channel" "\"$title\"" "$status" "$cost" "$err"
-    fi
-done <"$OUT/tmp/report"
+if [ "$PIPELINE" = noop ]; then
+    echo
+    say "tasks:"
+    completed=0
+    sql "SELECT id, channel_id, status, coalesce(claimed_by, ''), coalesce(last_error, '')
+           FROM tasks WHERE id IN ($IDS) ORDER BY id" >"$OUT/tmp/report"
+    while IFS='|' read -r id channel status by err; do
+        printf '  task %-4s %-12s %-10s %s %s\n' "$id" "$channel" "$status" "$by" "$err"
+        if [ "$status" = completed ]; then completed=$((completed + 1)); fi
+    done <"$OUT/tmp/report"
+else
+    echo
+    say "videos:"
+    completed=0
+    sql "SELECT t.id, t.channel_id, t.status, coalesce(t.payload->>'title', ''), coalesce(v.path, ''),
+                coalesce(v.size_bytes, 0),
+                (SELECT coalesce(sum(c.cost_usd), 0) FROM video_costs c WHERE c.task_id = t.id)::numeric(12,4),
+                coalesce(t.last_error, '')
+           FROM tasks t LEFT JOIN LATERAL (SELECT * FROM videos v WHERE v.task_id = t.id
+                                            ORDER BY v.id DESC LIMIT 1) v ON true
+          WHERE t.id IN ($IDS) ORDER BY t.id" >"$OUT/tmp/report"
+    while IFS='|' read -r id channel status title path size cost err; do
+        if [ "$status" = completed ] && [ -n "$path" ]; then
+            dur=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$path" 2>/dev/null || true)
+            case $dur in ''|*[!0-9.]*) dur=0 ;; esac
+            printf '  task %-4s %-12s %-15s %6.2f s  %8s bytes  $%s\n      %s\n' \
+                "$id" "$channel" "\"$title\"" "$dur" "$size" "$cost" "$path"
+            completed=$((completed + 1))
+        else
+            printf '  task %-4s %-12s %-15s %s  $%s  %s\n' "$id" "$channel" "\"$title\"" "$status" "$cost" "$err"
+        fi
+    done <"$OUT/tmp/report"
 
-echo
-say "cost per channel:"
-sql "SELECT channel_id, count(DISTINCT task_id), sum(cost_usd)::numeric(12,4)
-       FROM video_costs WHERE task_id IN ($IDS) GROUP BY channel_id ORDER BY channel_id" |
-while IFS='|' read -r channel n cost; do
-    printf '  %-12s %d videos  $%s\n' "$channel" "$n" "$cost"
-done
-say "cost per component: $(sql "SELECT string_agg(component || ' \$' || total, ', ' ORDER BY component)
-       FROM (SELECT component, sum(cost_usd)::numeric(12,4) AS total FROM video_costs
-              WHERE task_id IN ($IDS) GROUP BY component) x")"
-say "total: \$$(sql "SELECT coalesce(sum(cost_usd), 0)::numeric(12,4) FROM video_costs WHERE task_id IN ($IDS)") (simulated prices; the demo steps call no paid API)"
-say "review decisions: $(sql "SELECT count(*) FROM audit_logs WHERE task_id IN ($IDS) AND action = 'task_approved'") approvals recorded in audit_logs"
+    echo
+    say "cost per channel:"
+    sql "SELECT channel_id, count(DISTINCT task_id), sum(cost_usd)::numeric(12,4)
+           FROM video_costs WHERE task_id IN ($IDS) GROUP BY channel_id ORDER BY channel_id" |
+    while IFS='|' read -r channel n cost; do
+        printf '  %-12s %d videos  $%s\n' "$channel" "$n" "$cost"
+    done
+    say "cost per component: $(sql "SELECT string_agg(component || ' \$' || total, ', ' ORDER BY component)
+           FROM (SELECT component, sum(cost_usd)::numeric(12,4) AS total FROM video_costs
+                  WHERE task_id IN ($IDS) GROUP BY component) x")"
+    say "total: \$$(sql "SELECT coalesce(sum(cost_usd), 0)::numeric(12,4) FROM video_costs WHERE task_id IN ($IDS)") (simulated prices; the demo steps call no paid API)"
+    say "review decisions: $(sql "SELECT count(*) FROM audit_logs WHERE task_id IN ($IDS) AND action = 'task_approved'") approvals recorded in audit_logs"
+fi
 echo
 total=$(echo $TASKS | wc -w)
 if [ "$completed" -eq "$total" ] && [ "$bad" -eq 0 ]; then
-    say "done: $completed videos in $WORKSPACE (play one with: ffplay <path>)"
+    if [ "$PIPELINE" = video ]; then
+        say "done: $completed videos in $WORKSPACE (play one with: ffplay <path>)"
+    else
+        say "done: $completed $PIPELINE tasks completed"
+    fi
     finished=1
 else
-    say "finished with problems: $completed of $total videos made; logs in $LOGS"
+    say "finished with problems: $completed of $total tasks completed; logs in $LOGS"
     finished=1
     exit 1
 fi

@@ -200,6 +200,102 @@ describe("start-up configuration", function()
     assert.equal(4, #lines[1].errors)
   end)
 
+  -- The host's own settings (LOG_LEVEL, LOG_FORMAT, WORKER_ID,
+  -- VG_SHUTDOWN_GRACE, VG_TASK_SLICE) are held back for the script's check,
+  -- so they are reported with the variables it requires and its step
+  -- settings: one line, exit 1.
+  local function one_line(r)
+    local lines = host.lines(r.stdout)
+    assert.equal(1, #lines, r.stdout)
+    assert.equal("configuration_invalid", lines[1].event)
+    assert.equal("critical", lines[1].level)
+    assert.equal(#lines[1].errors, lines[1].count)
+    return table.concat(lines[1].errors, "\n"), lines[1]
+  end
+
+  it("reports a missing required variable and a bad setting in one line", function()
+    local r = host.run({ "lua/worker.lua" }, { env = host.env {
+      DATABASE_URL = "", VG_CONCURRENCY = "abc" } })
+    assert.equal(1, r.code, output(r))
+    local all = one_line(r)
+    assert.matches("DATABASE_URL is required but not set", all, 1, true)
+    assert.matches('VG_CONCURRENCY must be a whole number from 1 to 10000; got "abc"', all, 1, true)
+  end)
+
+  it("reports the host's own settings with the worker's required variables and steps", function()
+    local r = host.run({ "lua/worker.lua" }, { env = host.env {
+      DATABASE_URL = "", LOG_LEVEL = "loud", LOG_FORMAT = "xml", WORKER_ID = "has space",
+      VG_SHUTDOWN_GRACE = "soon", VG_TASK_SLICE = "never", VG_CONCURRENCY = "abc",
+      VG_STEP_VIDEO_GENERATION = "/nonexistent/gen-video" } })
+    assert.equal(1, r.code, output(r))
+    local all, line = one_line(r)
+    assert.equal(8, line.count, all)
+    for _, name in ipairs { "LOG_LEVEL", "LOG_FORMAT", "WORKER_ID", "VG_SHUTDOWN_GRACE",
+                            "VG_TASK_SLICE", "VG_CONCURRENCY" } do
+      assert.matches(name .. " must be", all, 1, true)
+    end
+    assert.matches("DATABASE_URL is required but not set", all, 1, true)
+    assert.matches("VG_STEP_VIDEO_GENERATION: /nonexistent/gen-video does not exist", all, 1, true)
+    assert.equal("", r.stderr)
+  end)
+
+  it("reports the host's settings with an admin script's own problems", function()
+    local r = host.run({ "lua/migrate.lua" }, { env = host.env { DATABASE_URL = "", LOG_LEVEL = "loud" } })
+    assert.equal(1, r.code, output(r))
+    assert.matches("invalid configuration: LOG_LEVEL must be one of", r.stderr, 1, true)
+    assert.matches("DATABASE_URL is required but not set", r.stderr, 1, true)
+  end)
+
+  it("lets a script load modules and compute before its check", function()
+    local r = host.run({ host.script([[
+      local cjson = require "cjson"
+      local vg = require "vg"
+      local log = require("vg.log").bind { part = "setup" }
+      local want = { "DATABASE_URL", "FERNET_KEY" }
+      table.sort(want)
+      local n = 0
+      for _, name in ipairs(want) do n = n + #name:lower() end
+      for k in pairs(cjson.decode('{"a":1}')) do n = n + #k end
+      for w in ("a b"):gmatch("%a") do n = n + #w end
+      require("vg.config").load(want)
+      print("not reached", n, vg, log)
+    ]]) }, { env = host.env { DATABASE_URL = "", FERNET_KEY = "", WORKER_ID = "has space" } })
+    assert.equal(1, r.code, output(r))
+    local all, line = one_line(r)
+    assert.equal(3, line.count, all)
+    assert.matches("WORKER_ID must be", all, 1, true)
+    assert.matches("FERNET_KEY is required", all, 1, true)
+  end)
+
+  -- A script that does not check its configuration: whatever it does
+  -- first beyond loading and computing, the host reports its own problems
+  -- instead, and the script gets no further.
+  for _, case in ipairs {
+    { "prints", "print('RAN_MARK')" },
+    { "writes to stdout", "io.stdout:write('RAN_MARK\\n')" },
+    { "logs", "require('vg.log').info('RAN_MARK')" },
+    { "waits", "require('vg').sleep(0) print('RAN_MARK')" },
+    { "starts a task", "require('vg').spawn(function() print('RAN_MARK') end)" },
+    { "exits", "os.exit(0)" },
+    { "runs a command", "os.execute('echo RAN_MARK')" },
+    { "raises", "error('RAN_MARK')" },
+    { "ends", "local RAN_MARK = 1" },
+    { "checks a table instead of the environment",
+      "require('vg.config').check({ 'DATABASE_URL' }, { DATABASE_URL = 'postgresql://h/d' }) print('RAN_MARK')" },
+  } do
+    it("reports the host's settings itself when a script " .. case[1] .. " before any check", function()
+      local r = host.run({ host.script(case[2]) }, { env = host.env {
+        LOG_LEVEL = "loud", DATABASE_URL = "", VG_CONCURRENCY = "abc" } })
+      assert.equal(1, r.code, output(r))
+      assert.is_nil(output(r):find("RAN_MARK", 1, true), output(r))
+      local all, line = one_line(r)
+      -- The environment's problems; nothing was required.
+      assert.equal(2, line.count, all)
+      assert.matches("LOG_LEVEL must be", all, 1, true)
+      assert.matches("VG_CONCURRENCY must be", all, 1, true)
+    end)
+  end
+
   it("checks step commands and timeouts with the rest, in one line", function()
     local not_executable = host.script("echo hi", ".sh")
     local r = host.run({ host.script([[

@@ -326,7 +326,7 @@ int vg_config_parse(const char *name, const char *value, double *num, char **str
 int vg_config_env_problems(vg_buf_t *errs, bool *host)
 {
     static const char *const host_vars[] = {"LOG_LEVEL", "LOG_FORMAT", "VG_SHUTDOWN_GRACE",
-                                            "WORKER_ID"};
+                                            "VG_TASK_SLICE", "WORKER_ID"};
     int count = 0;
     *host = false;
     for (size_t i = 0; i < NVARS; i++) {

@@ -17,7 +17,11 @@
  * further problems (the worker's step commands: vg.steps.config_check),
  * reported in the same line as the others.
  * values maps every known variable to its parsed value (numbers, booleans,
- * normalised strings) plus worker_id and instance. */
+ * normalised strings) plus worker_id and instance.
+ * load and check (of the process environment) are the script's
+ * configuration check: the problems of the host's own settings
+ * (LOG_LEVEL, ...), which the host held back, are among theirs, and the host
+ * stops watching the script for them (vg/config_gate.h). */
 #include <lauxlib.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -27,6 +31,7 @@
 extern char **environ;
 
 #include "vg/config.h"
+#include "vg/config_gate.h"
 #include "vg/dburl.h"
 #include "vg/err.h"
 #include "vg/log.h"
@@ -117,6 +122,9 @@ static int l_config_check(lua_State *L)
     int req = 0, env = 0;
     if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE), req = 1;
     if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE), env = 2;
+    /* Of the process environment: the host's held problems are among the
+     * ones returned, the script answers for them now. */
+    if (!env) vg_config_gate_pass();
     check(L, req, env);
     return 2;
 }
@@ -152,6 +160,7 @@ static int l_config_load(lua_State *L)
 {
     int req = 0;
     if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE), req = 1;
+    vg_config_gate_pass(); /* the host's held problems join this report */
     check(L, req, 0);
     if (luaL_len(L, -1) == 0) {
         lua_pop(L, 1);

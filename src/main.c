@@ -16,6 +16,7 @@
 
 #include "vg/buf.h"
 #include "vg/config.h"
+#include "vg/config_gate.h"
 #include "vg/err.h"
 #include "vg/host_exit.h"
 #include "vg/log.h"
@@ -51,30 +52,16 @@ typedef struct {
     bool check_only;
 } cli_t;
 
-/* The host's own variables are checked before anything runs. When one of
- * them is invalid the script does not run, and every other problem the
- * environment shows is reported in the same configuration_invalid line, so
- * one bad LOG_LEVEL never hides the rest. Otherwise problems are left to the
- * script's config.load, which also knows what the script requires. */
-static int setup_logging(void)
+/* Logging as LOG_LEVEL, LOG_FORMAT and WORKER_ID say, or with the defaults
+ * of those that are invalid: their problems are held back for the script's
+ * configuration check (vg/config_gate.h). */
+static void setup_logging(void)
 {
-    vg_buf_t errs = VG_BUF_INIT;
-    bool host_bad = false;
-    int bad = vg_config_env_problems(&errs, &host_bad);
     vg_log_level_t level;
     if (vg_log_parse_level(vg_config_str("LOG_LEVEL"), &level) != 0) level = VG_LOG_INFO;
     const char *fmt = vg_config_str("LOG_FORMAT");
     vg_log_setup(level, fmt && strcmp(fmt, "console") == 0 ? VG_LOG_CONSOLE : VG_LOG_JSON,
                  vg_config_worker_id());
-    if (host_bad) {
-        vg_buf_t arr = VG_BUF_INIT;
-        vg_buf_printf(&arr, "[%s]", errs.data ? errs.data : "");
-        vg_log(VG_LOG_CRITICAL, "configuration_invalid", VG_F_INT("count", bad),
-               VG_F_RAW("errors", arr.data), VG_F_END);
-        vg_buf_free(&arr);
-    }
-    vg_buf_free(&errs);
-    return host_bad ? -1 : 0;
 }
 
 /* The shipped lua/ tree: VG_LUA_DIR, else next to the binary (installed
@@ -182,7 +169,20 @@ static int pmain(lua_State *L)
     set_package_path(L, script);
     create_arg_table(L, cli);
 
+    /* An invalid host setting: the script may still report it with its own
+     * problems, but nothing else runs on the provisional settings. */
+    bool held = vg_config_gate_needed();
+    if (held && cli->check_only) {
+        vg_config_gate_report();
+        lua_pushinteger(L, EXIT_FATAL);
+        return 1;
+    }
     int rc = luaL_loadfile(L, script);
+    if (rc != LUA_OK && held) {
+        vg_config_gate_report();
+        lua_pushinteger(L, EXIT_FATAL);
+        return 1;
+    }
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         bool missing = rc == LUA_ERRFILE && access(script, R_OK) != 0;
@@ -198,6 +198,7 @@ static int pmain(lua_State *L)
     uv_loop_t *loop = uv_default_loop();
     vg_sched_init(L, loop, vg_config_num("VG_SHUTDOWN_GRACE"));
     vg_sched_set_slice(vg_config_num("VG_TASK_SLICE"));
+    if (held) vg_config_gate_arm(L);
     if (vg_sig_init(loop, on_signal) != 0) {
         vg_log(VG_LOG_CRITICAL, "signal_setup_failed", VG_F_END);
         lua_pushinteger(L, EXIT_FATAL);
@@ -271,7 +272,7 @@ int main(int argc, char **argv)
     vg_log_guard_fds(); /* before anything opens a descriptor */
     cli_t cli;
     if (parse_cli(argc, argv, &cli) != 0) return EXIT_USAGE;
-    if (setup_logging() != 0) return EXIT_FATAL;
+    setup_logging();
 
     lua_State *L = luaL_newstate();
     if (!L) {

@@ -69,6 +69,8 @@ static struct {
     uint64_t slice_ns;          /* VG_TASK_SLICE; 0: no limit */
     uint64_t resumed_at;        /* uv_hrtime() of the current resume */
     int on_shutdown_ref;        /* table of functions */
+    vg_gate_allow_fn gate_allow; /* the main task's prologue gate, NULL when none */
+    void (*gate_deny)(void);
     struct atexit_fn { vg_atexit_fn fn; void *arg; } *atexit_fns;
     size_t n_atexit;
 } S;
@@ -410,6 +412,42 @@ static void slice_hook(lua_State *co, lua_Debug *ar)
                  (lua_Number)ran / 1e9, (lua_Number)S.slice_ns / 1e9);
 }
 
+/* The hook of every task's coroutine: the slice (count events) and, while
+ * the prologue gate is set, the gate (call events). */
+static void task_hook(lua_State *co, lua_Debug *ar)
+{
+    if (ar->event == LUA_HOOKCOUNT) {
+        slice_hook(co, ar);
+        return;
+    }
+    if (ar->event != LUA_HOOKCALL && ar->event != LUA_HOOKTAILCALL) return;
+    if (!S.gate_allow) { /* the gate was cleared: calls are not watched any more */
+        lua_sethook(co, task_hook, LUA_MASKCOUNT, SLICE_HOOK_COUNT);
+        return;
+    }
+    if (!lua_getinfo(co, "f", ar)) return;
+    lua_CFunction f = lua_tocfunction(co, -1);
+    lua_pop(co, 1);
+    if (f && !S.gate_allow(co, f)) S.gate_deny();
+}
+
+static int task_hook_mask(void)
+{
+    return S.gate_allow ? LUA_MASKCOUNT | LUA_MASKCALL : LUA_MASKCOUNT;
+}
+
+void vg_sched_gate(vg_gate_allow_fn allow, void (*deny)(void))
+{
+    S.gate_allow = allow;
+    S.gate_deny = deny;
+}
+
+void vg_sched_gate_clear(void)
+{
+    S.gate_allow = NULL;
+    S.gate_deny = NULL;
+}
+
 void vg_sched_set_slice(double seconds)
 {
     S.slice_ns = seconds > 0 ? (uint64_t)(seconds * 1e9) : 0;
@@ -431,6 +469,9 @@ static void task_resume(vg_task_t *t)
     int rc = lua_resume(co, S.L, nargs, &nres);
     S.running = NULL;
     vg_log_set_context(NULL);
+    /* The main task's first run is over: a prologue gate still set means
+     * the script did none of what would have cleared it. */
+    if (t->is_main && S.gate_deny) S.gate_deny();
     if (rc == LUA_YIELD && t->sliced && t->state == T_RUNNING) {
         /* The slice hook yielded it: end it here, never to run again. */
         lua_pop(co, nres);
@@ -512,7 +553,7 @@ vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
     lua_setiuservalue(L, -2, UV_CONTEXT);
     uv_timer_init(S.loop, &t->timer);
     /* Threads the task creates inherit the hook. */
-    lua_sethook(co, slice_hook, LUA_MASKCOUNT, SLICE_HOOK_COUNT);
+    lua_sethook(co, task_hook, task_hook_mask(), SLICE_HOOK_COUNT);
     lua_pushvalue(L, -1);
     t->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
     t->next = S.live;

@@ -32,7 +32,8 @@ const char *vg_config_str(const char *name);
  * but invalid), appended to errs as a JSON array body
  * ("msg","msg"); *host tells whether one of them is a variable the host
  * itself uses before any script runs (LOG_LEVEL, LOG_FORMAT,
- * VG_SHUTDOWN_GRACE, WORKER_ID). Returns the number of problems. */
+ * VG_SHUTDOWN_GRACE, VG_TASK_SLICE, WORKER_ID). Returns the number of
+ * problems. */
 int vg_config_env_problems(vg_buf_t *errs, bool *host);
 /* The worker id, derived from WORKER_ID / RAILWAY_SERVICE_NAME /
  * RAILWAY_REPLICA_ID. */

@@ -8,6 +8,15 @@
 void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds);
 /* VG_TASK_SLICE: the longest a task may run without yielding; <= 0: none. */
 void vg_sched_set_slice(double seconds);
+/* A gate on the main task's prologue. Until vg_sched_gate_clear(), every
+ * call the main task (or a coroutine it creates) makes to a C function is
+ * first shown to allow(co, f); when it says no, deny() runs instead (it
+ * must not return: it ends the process). deny() also runs when the main
+ * task's first run ends (it returned, raised or waited) with the gate still
+ * set. Set it after vg_sched_init, before the main task is spawned. */
+typedef bool (*vg_gate_allow_fn)(lua_State *co, lua_CFunction f);
+void vg_sched_gate(vg_gate_allow_fn allow, void (*deny)(void));
+void vg_sched_gate_clear(void);
 /* Run until every task has ended; returns the exit code (0 or 1). */
 int vg_sched_run(void);
 /* A shutdown signal arrived (first: start the grace; second: skip it). */
