@@ -264,17 +264,23 @@ describe_db("worker processes", function()
       return ok and n == 300
     end, 240, 0.5)
     if not done then
-      -- Say where the rest are, and what the workers said, before failing.
+      -- Say where the rest are, and what the workers said, in the failure.
+      local lines = { "not every task completed after the restart" }
       for _, row in ipairs(db.query([[SELECT status, count(*)::int AS n, max(last_error) AS err,
                                              min(lease_expires_at) AS lease FROM tasks GROUP BY 1]])) do
-        print(string.format("# %s: %d (%s, lease %s)", row.status, row.n, tostring(row.err), tostring(row.lease)))
+        lines[#lines + 1] = string.format("%s: %d (%s, lease %s)", row.status, row.n, tostring(row.err), tostring(row.lease))
       end
-      for _, p in ipairs(ws) do
-        local r = stop(p)
-        print("# worker output ends: " .. r.stdout:sub(-3000):gsub("\n", "\n# "))
+      for _, row in ipairs(db.query([[SELECT pid, state, wait_event_type, wait_event, backend_start::text,
+                                             left(query, 60) AS query FROM pg_stat_activity
+                                       WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()]])) do
+        lines[#lines + 1] = string.format("backend %d %s %s/%s since %s: %s", row.pid, tostring(row.state),
+          tostring(row.wait_event_type), tostring(row.wait_event), row.backend_start, tostring(row.query))
       end
+      for i, p in ipairs(ws) do
+        lines[#lines + 1] = string.format("worker w%d output ends:\n%s", i, stop(p).stdout:sub(-3000))
+      end
+      error(table.concat(lines, "\n"))
     end
-    assert.is_true(done, "not every task completed after the restart")
     for _, p in ipairs(ws) do assert.equal(0, stop(p).code) end
     -- nothing ran twice except tasks whose outcome could not be recorded
     -- while the server was down (they are retried, never lost)
