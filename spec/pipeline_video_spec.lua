@@ -196,6 +196,37 @@ end)
 
 -- ---------------------------------------------------------------- with the database
 
+describe("a resumed task's workspace files (pipeline.redo_missing)", function()
+  local pipeline = require "vg.pipeline"
+  local STEPS3 = { { name = "a" }, { name = "b" }, { name = "c" } }
+
+  -- Which steps stay done when the workspace lacks the given paths.
+  local function kept(recorded, lacking)
+    local done = { a = {}, b = {} }
+    local files = { missing = function(_, want)
+      local out = {}
+      for _, p in ipairs(lacking) do if want[p] then out[#out + 1] = p end end
+      return out
+    end }
+    pipeline.redo_missing(files, {}, STEPS3, done, recorded)
+    local names = {}
+    for _, st in ipairs(STEPS3) do if done[st.name] then names[#names + 1] = st.name end end
+    return table.concat(names, ",")
+  end
+
+  it("runs again from the step that wrote a missing file as it is now", function()
+    local rec = { a = { x = 1 }, b = { x = 1, y = 2 } }
+    assert.equal("a,b", kept(rec, {}))
+    assert.equal("a", kept(rec, { "y" }))        -- b wrote y
+    assert.equal("", kept(rec, { "x" }))         -- a wrote x, b kept it
+    assert.equal("", kept(rec, { "x", "y" }))
+    -- b rewrote x (another size): b is the step to run again
+    assert.equal("a", kept({ a = { x = 1 }, b = { x = 5 } }, { "x" }))
+    -- nothing recorded for the last finished step (older checkpoints): no check
+    assert.equal("a,b", kept({ a = { x = 1 } }, { "x" }))
+  end)
+end)
+
 local describe_db = dbs.available() and describe or pending
 
 describe_db("video pipeline", function()
@@ -251,7 +282,7 @@ describe_db("video pipeline", function()
     local task = q:claim(1)[1]
     assert.is_not_nil(task, "nothing to claim")
     local opts = steps.options(config or cfg(), { env = step_env })
-    local env = { queue = q, gates = opts.gates, context = opts.context }
+    local env = { queue = q, gates = opts.gates, context = opts.context, files = opts.files }
     return pipeline.execute(env, video.pipeline(), task), task
   end
 
@@ -343,6 +374,48 @@ describe_db("video pipeline", function()
       assert.equal(1, costs_by_step(db, id)[s], s)
     end
     assert.equal(2, #db.query("SELECT 1 FROM audit_logs WHERE task_id = $1 AND action = 'task_approved'", id))
+  end)
+
+  it("resumed where a finished step's files are missing, runs that step again instead of failing", function()
+    channel("pv-moved", true)
+    local id = enqueue("pv-moved")
+    local approve = function()
+      assert.equal(0, review({ "lua/review.lua", "approve", tostring(id), "--actor", "pv-reviewer" }).code)
+    end
+    assert.equal("awaiting_review", (run_once())) -- asset_generation, composite_creation
+    local files = db.query("SELECT step, files FROM task_steps WHERE task_id = $1", id)
+    for _, r in ipairs(files) do assert.is_table(r.files, r.step .. " recorded no files") end
+    -- One file of the second step is gone (a disk cleaned, a partial copy):
+    -- only that step runs again.
+    local dir = root .. "/workspace/pv-moved/" .. id
+    local gone
+    for path in pairs(db.query("SELECT files FROM task_steps WHERE task_id = $1 AND step = 'composite_creation'",
+                               id)[1].files) do
+      if path:match("^composites/") then gone = path end
+    end
+    assert.is_not_nil(gone, "composite_creation recorded no composites/ file")
+    assert.is_true(os.remove(dir .. "/" .. gone))
+    approve()
+    -- What was approved is gone: the step's new output is reviewed anew.
+    assert.equal("awaiting_review", (run_once()))
+    assert.equal("composite_creation", task_row(db, id).current_step)
+    assert.same({ asset_generation = 1, composite_creation = 2 }, runs(count_file))
+    approve()
+    assert.equal("awaiting_review", (run_once())) -- after sound_effects_generation
+    assert.same({ asset_generation = 1, composite_creation = 2, video_generation = 1,
+                  narration_generation = 1, sound_effects_generation = 1 }, runs(count_file))
+    -- Another container: an empty workspace. Every finished step runs
+    -- again (its files are the next steps' inputs), then the last one.
+    db.query("UPDATE channels SET review_gates = false WHERE id = 'pv-moved'")
+    approve()
+    local outcome, task = run_once(cfg { VG_WORKSPACE = root .. "/elsewhere" })
+    assert.equal("completed", outcome, task_row(db, id).last_error)
+    assert.same({ asset_generation = 2, composite_creation = 3, video_generation = 2,
+                  narration_generation = 2, sound_effects_generation = 2, video_assembly = 1 },
+                runs(count_file))
+    -- what was run was paid, once a run
+    local costs = costs_by_step(db, id)
+    for step, n in pairs(runs(count_file)) do assert.equal(n, costs[step], step) end
   end)
 
   it("has gates only when both VG_REVIEW_GATES and the channel allow them", function()

@@ -83,6 +83,7 @@ function M.new(cfg, opts)
     queue = M.retrying_queue(c),
     gates = opts.gates or function() return cfg.VG_REVIEW_GATES ~= false end,
     context = opts.context,
+    files = opts.files,
     after_step = opts.after_step,
   }
   M.add_metrics(c, opts.after_step)

@@ -65,6 +65,39 @@ function M.load(modname)
   return mod
 end
 
+-- A finished step's files must still be in the workspace for the steps
+-- after it: a task resumed on another worker (another container, or one
+-- started anew) may find them gone. The workspace after the last finished
+-- step is checked against what was recorded then; for each file it lacks,
+-- the step that last wrote it (the first of the run of steps whose records
+-- show it as it is now) is run again, with every step after it. files:
+-- env.files ({ snapshot = fn(task), missing = fn(task, recorded) }).
+function M.redo_missing(files, task, steps, done, recorded)
+  local last
+  for i, step in ipairs(steps) do
+    if not done[step.name] then break end
+    last = i
+  end
+  local want = last and recorded[steps[last].name]
+  if not want then return end
+  local lacking = files.missing(task, want)
+  if #lacking == 0 then return end
+  local from = last
+  for _, path in ipairs(lacking) do
+    local k = last -- back to the step that wrote it as it is now
+    while k > 1 do
+      local before = recorded[steps[k - 1].name]
+      if not (before and before[path] == want[path]) then break end
+      k = k - 1
+    end
+    if k < from then from = k end
+  end
+  for j = from, #steps do done[steps[j].name] = nil end
+  log.warning("steps_redone", { from_step = steps[from].name, missing = lacking[1],
+    files_missing = #lacking,
+    reason = "files that finished steps left in the workspace are not in this worker's workspace" })
+end
+
 -- Run task (a claimed row) through pipe. env: { queue, gates (bool),
 -- context = function(task, step) -> extra ctx fields }.
 -- Returns "completed" or "awaiting_review"; raises on failure.
@@ -83,7 +116,9 @@ function M.execute(env, pipe, task)
   end
   local steps = pipe.steps
   -- Steps a previous attempt (or the part before a review gate) finished.
-  local done = #steps > 0 and q:completed_steps(task) or {}
+  local done, files = {}, {}
+  if #steps > 0 then done, files = q:completed_steps(task) end
+  if env.files then M.redo_missing(env.files, task, steps, done, files) end
   if #steps > 0 then fenced(q:start(task, steps[1].name)) end
   local outputs = {}
   for i, step in ipairs(steps) do
@@ -100,7 +135,8 @@ function M.execute(env, pipe, task)
       local out = step.run(ctx)
       if out ~= nil and type(out) ~= "table" then out = { value = out } end
       outputs[step.name] = out or {}
-      fenced(q:checkpoint(task, step.name, task.attempts, out or {}, started))
+      local snapshot = env.files and env.files.snapshot(task)
+      fenced(q:checkpoint(task, step.name, task.attempts, out or {}, started, snapshot))
       local took = vg.time() - started
       log.info("step_completed", { step = step.name, duration_ms = math.floor(took * 1000) })
       if env.after_step then env.after_step(ctx, out, took) end

@@ -274,7 +274,7 @@ SELECT (SELECT count(*) FROM tasks WHERE status IN ('claimed', 'processing'))::i
                    WHERE status IN ('claimed', 'processing'))) - now())::float8) AS next_expiry]]
 
 M.COMPLETED_STEPS_SQL = [[
-SELECT step, output FROM task_steps WHERE task_id = $1 AND status = 'completed']]
+SELECT step, output, files FROM task_steps WHERE task_id = $1 AND status = 'completed']]
 
 -- Checkpoint a finished step, only while the fence holds.
 M.CHECKPOINT_SQL = [[
@@ -283,12 +283,12 @@ WITH fence AS (
      WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
  RETURNING id
 )
-INSERT INTO task_steps AS s (task_id, step, status, attempt, started_at, finished_at, output)
-SELECT fence.id, $3, 'completed', $4, to_timestamp($6), now(), $5 FROM fence
+INSERT INTO task_steps AS s (task_id, step, status, attempt, started_at, finished_at, output, files)
+SELECT fence.id, $3, 'completed', $4, to_timestamp($6), now(), $5, $7 FROM fence
     ON CONFLICT (task_id, step) DO UPDATE
    SET status = 'completed', attempt = EXCLUDED.attempt,
        started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
-       output = EXCLUDED.output
+       output = EXCLUDED.output, files = EXCLUDED.files
 RETURNING s.task_id]]
 
 M.WORKER_UPSERT_SQL = [[
@@ -434,17 +434,23 @@ function Queue:release_unknown(held_ids)
   return out
 end
 
+-- The finished steps of a task: step name -> its output, and step name ->
+-- the workspace's files after it ({ path = size }, or nil when none were
+-- recorded).
 function Queue:completed_steps(task)
-  local done = {}
+  local done, files = {}, {}
   for _, row in ipairs(db.query(M.COMPLETED_STEPS_SQL, task.id)) do
     done[row.step] = type(row.output) == "table" and row.output or {}
+    if type(row.files) == "table" then files[row.step] = row.files end
   end
-  return done
+  return done, files
 end
 
-function Queue:checkpoint(task, step, attempt, output, started_at)
+-- files: the workspace's files after the step ({ path = size }), or nil.
+function Queue:checkpoint(task, step, attempt, output, started_at, files)
+  if files ~= nil and next(files) == nil then files = nil end -- none: NULL
   return held(db.query(M.CHECKPOINT_SQL, task.id, task.lease_token, step, attempt,
-                       output or db.null, started_at))
+                       output or db.null, started_at, files or db.null))
 end
 
 function Queue:register(status, stats, version)

@@ -362,14 +362,19 @@ function M.options(cfg, opts)
     return plain
   end
 
-  local function context(ctx, task, step)
-    local step_name = type(step) == "table" and step.name or tostring(step)
-    local channel = channel_of(task)
+  -- The task's folder, made on first use.
+  local function task_dir(task)
     if task._vg_workspace == nil then
       task._vg_workspace = workspace.task_dir(root, task.channel_id, task.id)
     end
+    return task._vg_workspace
+  end
+
+  local function context(ctx, task, step)
+    local step_name = type(step) == "table" and step.name or tostring(step)
+    local channel = channel_of(task)
     ctx.channel = channel
-    ctx.workspace = task._vg_workspace
+    ctx.workspace = task_dir(task)
 
     function ctx.credentials() return decrypt(channel) end
 
@@ -483,7 +488,15 @@ function M.options(cfg, opts)
     return channel_of(task).review_gates ~= false
   end
 
-  return { context = context, gates = gates }
+  -- The task's workspace files after a step (checkpointed with it), and
+  -- the check of a resumed task (vg.pipeline): the first recorded file
+  -- this worker's workspace lacks.
+  local files = {
+    snapshot = function(task) return workspace.files(task_dir(task)) end,
+    missing = function(task, recorded) return workspace.missing(task_dir(task), recorded) end,
+  }
+
+  return { context = context, gates = gates, files = files }
 end
 
 return M

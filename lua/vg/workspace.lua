@@ -7,6 +7,10 @@
 --   workspace.path(base, relative)                -> base/relative
 --   workspace.valid_channel_id(id), workspace.valid_task_id(id) -> bool
 --   workspace.realpath(path)                      -> path with links resolved
+--   workspace.files(dir)                          -> { relative path = size }
+--   workspace.missing(dir, files)                 -> the paths of files that
+--                                                    dir lacks, or holds at
+--                                                    another size (sorted)
 --
 -- Refused (an error object { code = "unsafe_path", retriable = false,
 -- message = why }): channel ids outside ^[a-z0-9][a-z0-9_-]{0,63}$, task ids
@@ -136,6 +140,48 @@ local function mkdirs(path)
       end
     end
   end
+end
+
+-- The regular files under dir (links not followed), relative path -> size
+-- in bytes; the host's own files (".vg-" names) are left out. At most
+-- M.MAX_FILES, the first in name order (a folder's entries sorted).
+M.MAX_FILES = 10000
+
+function M.files(dir)
+  local out, n = {}, 0
+  local function walk(abs, rel)
+    local names = {}
+    local ok, iter, state = pcall(lfs.dir, abs)
+    if not ok then return end
+    for name in iter, state do
+      if name ~= "." and name ~= ".." and name:sub(1, 4) ~= ".vg-" then names[#names + 1] = name end
+    end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      if n >= M.MAX_FILES then return end
+      local a, r = abs .. "/" .. name, rel and (rel .. "/" .. name) or name
+      local attr = lfs.symlinkattributes(a)
+      if attr and attr.mode == "directory" then
+        walk(a, r)
+      elseif attr and attr.mode == "file" then
+        out[r] = attr.size
+        n = n + 1
+      end
+    end
+  end
+  walk(dir, nil)
+  return out
+end
+
+function M.missing(dir, files)
+  local out = {}
+  for rel, size in pairs(files) do
+    local ok, full = pcall(M.path, dir, rel)
+    local attr = ok and lfs.symlinkattributes(full)
+    if not attr or attr.mode ~= "file" or attr.size ~= size then out[#out + 1] = rel end
+  end
+  table.sort(out)
+  return out
 end
 
 -- The task's folder, root/<channel>/<task>, created (with root) if needed.
