@@ -165,6 +165,34 @@ describe("logging", function()
     assert.not_equal("mine", l.worker_id)
   end)
 
+  it("writes each key once in the host's own lines too: the task's context under the line's fields", function()
+    -- proc_started is written by the C side while the task runs, with
+    -- fields pid and command; the context holds both names and a host key.
+    local r = host.run({ host.script([[
+      local vg = require "vg"
+      local log = require "vg.log"
+      local proc = require "vg.proc"
+      vg.spawn(function()
+        log.context({ correlation_id = "ctx", pid = "ctx", command = "ctx", event = "ctx" })
+        assert(proc.run({ "true" }).code == 0)
+      end):join()
+    ]]) }, { env = host.env { LOG_LEVEL = "debug" } })
+    assert.equal(0, r.code, r.stderr)
+    local raw = r.stdout:match('[^\n]*"event":"proc_started"[^\n]*')
+    assert.is_not_nil(raw, r.stdout)
+    for _, key in ipairs { "timestamp", "level", "event", "worker_id", "correlation_id", "pid",
+                           "command", "field_event" } do
+      local _, n = raw:gsub('"' .. key .. '":', "")
+      assert.equal(1, n, key .. " appears " .. n .. " times in " .. raw)
+    end
+    local l = host.lines(raw)[1]
+    assert.equal("proc_started", l.event)
+    assert.equal("ctx", l.correlation_id)
+    assert.equal("ctx", l.field_event)
+    assert.equal("number", type(l.pid))
+    assert.matches("true", l.command)
+  end)
+
   it("filters by LOG_LEVEL", function()
     local r = host.run({ host.script([[
       local log = require "vg.log"
