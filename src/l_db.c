@@ -44,6 +44,7 @@
 #include "vg/err.h"
 #include "vg/l_db.h"
 #include "vg/l_db_types.h"
+#include "vg/lclass.h"
 #include "vg/log.h"
 #include "vg/lref.h"
 #include "vg/pgpool.h"
@@ -770,11 +771,22 @@ static const luaL_Reg pool_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg pool_meta[] = {
+    {"__gc", l_pool_gc},
+    {"__tostring", l_pool_tostring},
+    {NULL, NULL},
+};
+
 static const luaL_Reg conn_methods[] = {
     {"query", l_conn_query},
     {"release", l_conn_release},
     {"tx_status", l_conn_tx_status},
     {"pid", l_conn_pid},
+    {NULL, NULL},
+};
+
+static const luaL_Reg conn_meta[] = {
+    {"__gc", l_conn_gc},
     {NULL, NULL},
 };
 
@@ -799,28 +811,13 @@ int luaopen_vg_db_core(lua_State *L)
     }
     luaL_newlib(L, core_funcs);
     int mod = lua_gettop(L);
-    if (luaL_newmetatable(L, POOL_MT)) {
-        luaL_newlib(L, pool_methods);
-        luaL_setfuncs(L, vg_l_db_listen_methods, 0);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, mod, "Pool");
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_pool_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, l_pool_tostring);
-        lua_setfield(L, -2, "__tostring");
-    } else {
-        lua_getfield(L, -1, "__index");
-        lua_setfield(L, mod, "Pool");
-    }
+    vg_lclass_new(L, POOL_MT, pool_methods, pool_meta, 0);
+    luaL_getmetatable(L, POOL_MT); /* the LISTEN methods (l_db_listen.c) join the pool's */
+    lua_getfield(L, -1, "__index");
+    luaL_setfuncs(L, vg_l_db_listen_methods, 0);
+    lua_setfield(L, mod, "Pool");
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, CONN_MT)) {
-        luaL_newlib(L, conn_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_conn_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
+    vg_lclass_new(L, CONN_MT, conn_methods, conn_meta, 0);
     luaL_newmetatable(L, VG_L_DB_BYTEA_MT);
     lua_pop(L, 1);
     lua_pushlightuserdata(L, NULL);

@@ -16,6 +16,7 @@
 
 #include "vg/buf.h"
 #include "vg/l_json.h"
+#include "vg/lclass.h"
 #include "vg/log.h"
 #include "vg/sched_host.h"
 
@@ -216,11 +217,7 @@ static const luaL_Reg log_funcs[] = {
 
 int luaopen_vg_log(lua_State *L)
 {
-    if (luaL_newmetatable(L, LOGGER_MT)) {
-        luaL_newlib(L, log_funcs);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    vg_lclass_new(L, LOGGER_MT, log_funcs, NULL, 0);
     luaL_newlib(L, log_funcs);
     return 1;
 }
