@@ -56,8 +56,8 @@ struct vg_pgpool {
     int cancels;                       /* cancel requests in flight */
     vg_list_t waiters;                 /* vg_pgpool_req_t, first come first served */
     int n_waiting;
-    long long opened_total, closed_total, failed_total, pings_total, timeouts_total;
-    long long prepared_gone;           /* prepared by connections already freed */
+    vg_pgpool_stats_t totals;          /* the *_total counters (prepared_total: by
+                                          connections already freed) */
     bool dispatching, redispatch;
     uv_timer_t reaper;                 /* runs only while connections reset */
     uv_timer_t wait_timer;             /* the next waiter's deadline */
@@ -156,7 +156,7 @@ static void pool_maybe_free(vg_pgpool_t *p)
 
 static void conn_free(vg_pgpool_t *p, vg_pgconn_t *c)
 {
-    p->prepared_gone += (long long)vg_pgconn_prepared_total(c);
+    p->totals.prepared_total += (long long)vg_pgconn_prepared_total(c);
     conn_set_state(p, c, CS_NONE);
     vg_pgconn_free(c);
     p->n_conns--;
@@ -166,7 +166,7 @@ static void conn_free(vg_pgpool_t *p, vg_pgconn_t *c)
 /* Close a connection and drop it from the pool. */
 static void discard(vg_pgpool_t *p, vg_pgconn_t *c)
 {
-    if (O(c)->state != CS_CONNECTING) p->closed_total++;
+    if (O(c)->state != CS_CONNECTING) p->totals.closed_total++;
     vg_pgconn_set_done(c, NULL, NULL); /* the pool's own callbacks must not run */
     if (O(c)->ref && O(c)->state == CS_CONNECTING) { /* a probe */
         vg_pgpool_probe_t *pr = O(c)->ref;
@@ -201,7 +201,7 @@ static void force_close_out(vg_pgpool_t *p)
         next = O(c)->next;
         if (O(c)->state != CS_OUT) continue;
         p->forced = true;
-        p->closed_total++;
+        p->totals.closed_total++;
         conn_set_state(p, c, CS_CLOSED_OUT);
         vg_pgconn_close(c); /* a query in flight ends now, as a lost connection */
     }
@@ -354,7 +354,7 @@ static int prepare(vg_pgpool_t *p, vg_pgconn_t *c, vg_pgpool_req_t *r)
         discard(p, c);
         return -1;
     }
-    p->pings_total++;
+    p->totals.pings_total++;
     conn_set_state(p, c, CS_PINGING);
     O(c)->ref = r;
     r->pinging = c;
@@ -399,7 +399,7 @@ static void check_deadlines(vg_pgpool_t *p, bool fail)
                           p->cfg.pool_timeout, p->cfg.size, p->cfg.max_overflow,
                           p->n[CS_OUT] + p->n[CS_PINGING] + p->n[CS_RESETTING], limit(p),
                           p->n_waiting);
-            p->timeouts_total++;
+            p->totals.timeouts_total++;
             fail_waiter(r, "pool_timeout", b.data);
             vg_buf_free(&b);
             continue;
@@ -595,7 +595,7 @@ static void on_conn_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
     switch (ev) {
     case VG_PGCONN_EV_CONNECTED:
         O(c)->ref = NULL;
-        p->opened_total++;
+        p->totals.opened_total++;
         vg_log(VG_LOG_DEBUG, "db_connection_opened", VG_F_INT("pid", vg_pgconn_pid(c)),
                VG_F_INT("open", n_open(p)), VG_F_END);
         if (probe) {
@@ -606,7 +606,7 @@ static void on_conn_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
         break;
     case VG_PGCONN_EV_CONNECT_FAILED: {
         O(c)->ref = NULL;
-        p->failed_total++;
+        p->totals.failed_total++;
         char *msg = vg_xstrdup(vg_pgconn_error(c));
         discard(p, c);
         if (probe) {
@@ -813,7 +813,7 @@ vg_pgpool_t *vg_pgpool_new(uv_loop_t *loop, const vg_pgpool_cfg_t *cfg, char **e
 
 void vg_pgpool_stats(const vg_pgpool_t *p, vg_pgpool_stats_t *s)
 {
-    memset(s, 0, sizeof *s);
+    *s = p->totals; /* then the figures of the moment */
     s->size = p->cfg.size;
     s->max_overflow = p->cfg.max_overflow;
     s->open = n_open(p);
@@ -823,12 +823,6 @@ void vg_pgpool_stats(const vg_pgpool_t *p, vg_pgpool_stats_t *s)
     s->resetting = p->n[CS_RESETTING];
     s->overflow = s->open > p->cfg.size ? s->open - p->cfg.size : 0;
     s->waiters = p->n_waiting;
-    s->opened_total = p->opened_total;
-    s->closed_total = p->closed_total;
-    s->failed_total = p->failed_total;
-    s->pings_total = p->pings_total;
-    s->timeouts_total = p->timeouts_total;
-    s->prepared_total = p->prepared_gone;
     for (vg_pgconn_t *c = p->idle; c; c = O(c)->next)
         s->prepared_total += (long long)vg_pgconn_prepared_total(c);
     for (vg_pgconn_t *c = p->busy; c; c = O(c)->next)
