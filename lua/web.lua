@@ -13,12 +13,10 @@
 --                                              prints a VG_WEB_USERS entry
 local args = { ... }
 
-if args[1] == "--help" or args[1] == "-h" then
-  io.write("usage: vg-host lua/web.lua [--hash-password NAME]\n"
-    .. "Serves the status page, review screen and queue metrics until SIGTERM;\n"
-    .. "configuration comes from the environment (README: The status service).\n")
-  os.exit(0)
-end
+require("vg.admin").only_help("web", args, "usage: vg-host lua/web.lua [--hash-password NAME]\n"
+  .. "Serves the status page, review screen and queue metrics until SIGTERM;\n"
+  .. "configuration comes from the environment (README: The status service).\n",
+  { ["--hash-password"] = true })
 
 local vg = require "vg"
 local log = require "vg.log"
@@ -38,9 +36,6 @@ if args[1] == "--hash-password" then
   end
   io.write(web.hash_password(name, password), "\n")
   os.exit(0)
-elseif args[1] ~= nil then
-  io.stderr:write("web: unexpected argument '", args[1], "' (vg-host lua/web.lua --help)\n")
-  os.exit(2)
 end
 
 local cfg = config.load { "DATABASE_URL" }

@@ -1,16 +1,9 @@
 -- vg-host lua/worker.lua: one worker process. Start more of them against the
 -- same database to add capacity; they share the queue through PostgreSQL
 -- and never talk to each other.
-local args = { ... }
-if args[1] == "--help" or args[1] == "-h" then
-  io.write("usage: vg-host lua/worker.lua\n"
-    .. "Runs one worker until SIGTERM, SIGINT or SIGHUP; configuration comes from the\n"
-    .. "environment (README: Configuration).\n")
-  os.exit(0)
-elseif args[1] ~= nil then
-  io.stderr:write("worker: unexpected argument '", args[1], "' (vg-host lua/worker.lua --help)\n")
-  os.exit(2)
-end
+require("vg.admin").only_help("worker", { ... }, "usage: vg-host lua/worker.lua\n"
+  .. "Runs one worker until SIGTERM, SIGINT or SIGHUP; configuration comes from the\n"
+  .. "environment (README: Configuration).\n")
 
 local vg = require "vg"
 local db = require "vg.db"

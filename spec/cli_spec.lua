@@ -165,6 +165,34 @@ describe("logging", function()
     assert.not_equal("mine", l.worker_id)
   end)
 
+  it("writes each key once in the host's own lines too: the task's context under the line's fields", function()
+    -- proc_started is written by the C side while the task runs, with
+    -- fields pid and command; the context holds both names and a host key.
+    local r = host.run({ host.script([[
+      local vg = require "vg"
+      local log = require "vg.log"
+      local proc = require "vg.proc"
+      vg.spawn(function()
+        log.context({ correlation_id = "ctx", pid = "ctx", command = "ctx", event = "ctx" })
+        assert(proc.run({ "true" }).code == 0)
+      end):join()
+    ]]) }, { env = host.env { LOG_LEVEL = "debug" } })
+    assert.equal(0, r.code, r.stderr)
+    local raw = r.stdout:match('[^\n]*"event":"proc_started"[^\n]*')
+    assert.is_not_nil(raw, r.stdout)
+    for _, key in ipairs { "timestamp", "level", "event", "worker_id", "correlation_id", "pid",
+                           "command", "field_event" } do
+      local _, n = raw:gsub('"' .. key .. '":', "")
+      assert.equal(1, n, key .. " appears " .. n .. " times in " .. raw)
+    end
+    local l = host.lines(raw)[1]
+    assert.equal("proc_started", l.event)
+    assert.equal("ctx", l.correlation_id)
+    assert.equal("ctx", l.field_event)
+    assert.equal("number", type(l.pid))
+    assert.matches("true", l.command)
+  end)
+
   it("filters by LOG_LEVEL", function()
     local r = host.run({ host.script([[
       local log = require "vg.log"
@@ -276,5 +304,54 @@ describe("vg.config.load", function()
     local l = host.find(lines, "configuration_invalid")
     assert.equal(3, #l.errors)
     assert.equal("critical", l.level)
+  end)
+end)
+
+describe("registry references", function()
+  after_each(host.cleanup)
+
+  -- The ASan build counts them, and a run that ends with one never released
+  -- aborts (include/vg/lref.h); the release build runs the same scripts.
+  local function assert_released(r, code)
+    assert.equal(code, r.code, r.stdout .. r.stderr)
+    assert.not_matches("registry reference", r.stderr)
+  end
+
+  it("are all released at the end of a run that used tasks, events, joins and on_shutdown", function()
+    assert_released(host.run { host.script([[
+      local vg = require "vg"
+      vg.on_shutdown(function() end)
+      local ev = vg.event()
+      local t = vg.spawn(function() ev:wait(); return 1 end)
+      vg.spawn(function() ev:set() end)
+      assert(t:join() == 1)
+      local c = vg.spawn(function() vg.sleep(10) end)
+      c:cancel()
+      assert(not pcall(c.join, c))
+    ]]) }, 0)
+  end)
+
+  it("are released by tasks that can never run again (a deadlock)", function()
+    local r = host.run { host.script([[
+      local vg = require "vg"
+      vg.spawn(function() vg.event():wait() end)
+      vg.event():wait()
+    ]]) }
+    assert_released(r, 1)
+    assert.is_not_nil(host.find(host.lines(r.stdout), "tasks_deadlocked"))
+    assert.is_nil(host.find(host.lines(r.stdout), "handle_still_open"))
+  end)
+
+  it("are released by vg.db: the default pool, db.configure and JSON results", function()
+    if not os.getenv("TEST_DATABASE_URL") then
+      pending("TEST_DATABASE_URL is not set")
+      return
+    end
+    assert_released(host.run { host.script([[
+      local db = require "vg.db"
+      assert(db.query("select '{\"a\":1}'::json as j")[1].j.a == 1)
+      db.configure { pool_size = 1 }
+      assert(db.query("select 1 as x")[1].x == 1)
+    ]]) }, 0)
   end)
 end)

@@ -92,11 +92,18 @@ static var_t *find(const char *name)
     return NULL;
 }
 
-static char *fmt_problem(const char *fmt, const char *name, const char *value)
+/* Record why v's value is refused (a printf format and its arguments);
+ * returns false, for parse_value to return. */
+static __attribute__((format(printf, 2, 3))) bool refuse(var_t *v, const char *fmt, ...)
 {
     vg_buf_t b = VG_BUF_INIT;
-    vg_buf_printf(&b, fmt, name, value ? value : "");
-    return vg_buf_steal(&b);
+    va_list ap;
+    va_start(ap, fmt);
+    vg_buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    free(v->problem);
+    v->problem = vg_buf_steal(&b);
+    return false;
 }
 
 static bool parse_double(const char *s, double *out)
@@ -175,23 +182,16 @@ static bool parse_value(var_t *v, const char *s)
         bool ok = n <= 128;
         for (size_t i = 0; ok && i < n; i++)
             ok = isgraph((unsigned char)s[i]);
-        if (!ok) {
-            v->problem = fmt_problem("%s must be 1 to 128 visible characters without spaces",
-                                     v->name, NULL);
-            return false;
-        } else {
-            v->str = vg_xstrdup(s);
-        }
+        if (!ok) return refuse(v, "%s must be 1 to 128 visible characters without spaces", v->name);
+        v->str = vg_xstrdup(s);
         break;
     }
     case K_URL:
         v->str = vg_dburl_normalise(s, &why);
         if (!v->str) {
             char *red = vg_dburl_redact(s);
-            vg_buf_t b = VG_BUF_INIT;
-            vg_buf_printf(&b, "%s is not a PostgreSQL URL (%s); got \"%s\"", v->name, why, red);
+            refuse(v, "%s is not a PostgreSQL URL (%s); got \"%s\"", v->name, why, red);
             free(red);
-            v->problem = vg_buf_steal(&b);
             return false;
         }
         if ((v->problem = url_problem(v->name, v->str)) != NULL) {
@@ -202,69 +202,44 @@ static bool parse_value(var_t *v, const char *s)
         break;
     case K_FERNET: {
         vg_fernet_key_t key;
-        if (vg_fernet_key_parse(s, &key, &why) != 0) {
-            vg_buf_t b = VG_BUF_INIT;
-            /* Never echo the key itself, not even a wrong one. */
-            vg_buf_printf(&b, "FERNET_KEY must be url-safe base64 of 32 bytes (44 characters): "
-                              "%s (got %zu characters)", why, strlen(s));
-            v->problem = vg_buf_steal(&b);
-            return false;
-        } else {
-            v->str = vg_xstrdup(s);
-        }
+        /* Never echo the key itself, not even a wrong one. */
+        if (vg_fernet_key_parse(s, &key, &why) != 0)
+            return refuse(v, "FERNET_KEY must be url-safe base64 of 32 bytes (44 characters): "
+                             "%s (got %zu characters)", why, strlen(s));
+        v->str = vg_xstrdup(s);
         break;
     }
     case K_LEVEL: {
         vg_log_level_t lvl;
-        if (vg_log_parse_level(s, &lvl) != 0) {
-            v->problem = fmt_problem("%s must be one of debug, info, warning, error, critical; "
-                                     "got \"%s\"", v->name, s);
-            return false;
-        } else {
-            v->num = lvl;
-            v->str = vg_xstrdup(vg_log_level_name(lvl));
-        }
+        if (vg_log_parse_level(s, &lvl) != 0)
+            return refuse(v, "%s must be one of debug, info, warning, error, critical; got \"%s\"",
+                          v->name, s);
+        v->num = lvl;
+        v->str = vg_xstrdup(vg_log_level_name(lvl));
         break;
     }
     case K_FORMAT:
-        if (strcasecmp(s, "json") != 0 && strcasecmp(s, "console") != 0) {
-            v->problem = fmt_problem("%s must be json or console; got \"%s\"", v->name, s);
-            return false;
-        } else {
-            v->num = strcasecmp(s, "console") == 0;
-            v->str = vg_xstrdup(v->num ? "console" : "json");
-        }
+        if (strcasecmp(s, "json") != 0 && strcasecmp(s, "console") != 0)
+            return refuse(v, "%s must be json or console; got \"%s\"", v->name, s);
+        v->num = strcasecmp(s, "console") == 0;
+        v->str = vg_xstrdup(v->num ? "console" : "json");
         break;
     case K_INT:
-        if (!parse_double(s, &num) || num != floor(num) || num < v->min || num > v->max) {
-            vg_buf_t b = VG_BUF_INIT;
-            vg_buf_printf(&b, "%s must be a whole number from %.0f to %.0f; got \"%s\"",
-                          v->name, v->min, v->max, s);
-            v->problem = vg_buf_steal(&b);
-            return false;
-        } else {
-            v->num = num;
-        }
+        if (!parse_double(s, &num) || num != floor(num) || num < v->min || num > v->max)
+            return refuse(v, "%s must be a whole number from %.0f to %.0f; got \"%s\"", v->name,
+                          v->min, v->max, s);
+        v->num = num;
         break;
     case K_SECONDS:
-        if (!vg_config_parse_duration(s, &num) || num < v->min || num > v->max) {
-            vg_buf_t b = VG_BUF_INIT;
-            vg_buf_printf(&b, "%s must be a duration in seconds from %g to %g (units ms, s, m, "
-                              "h allowed); got \"%s\"", v->name, v->min, v->max, s);
-            v->problem = vg_buf_steal(&b);
-            return false;
-        } else {
-            v->num = num;
-        }
+        if (!vg_config_parse_duration(s, &num) || num < v->min || num > v->max)
+            return refuse(v, "%s must be a duration in seconds from %g to %g (units ms, s, m, h "
+                             "allowed); got \"%s\"", v->name, v->min, v->max, s);
+        v->num = num;
         break;
     case K_BOOL:
-        if (!parse_bool(s, &num)) {
-            v->problem = fmt_problem("%s must be on/off (true/false, 1/0, yes/no); got \"%s\"",
-                                     v->name, s);
-            return false;
-        } else {
-            v->num = num;
-        }
+        if (!parse_bool(s, &num))
+            return refuse(v, "%s must be on/off (true/false, 1/0, yes/no); got \"%s\"", v->name, s);
+        v->num = num;
         break;
     }
     return true;

@@ -44,7 +44,9 @@
 #include "vg/err.h"
 #include "vg/l_db.h"
 #include "vg/l_db_types.h"
+#include "vg/lclass.h"
 #include "vg/log.h"
+#include "vg/lref.h"
 #include "vg/pgpool.h"
 #include "vg/sched_host.h"
 
@@ -73,12 +75,17 @@ static struct {
 static void on_exit_hook(void *arg)
 {
     /* Every task has ended: close everything now; the host then runs the
-     * loop until the handles have closed. */
+     * loop until the handles have closed. The module's references go too
+     * (arg is the main Lua state): no script runs any more. */
     for (l_pool_t *lp = D.pools; lp; lp = lp->next) {
         if (!lp->pool) continue;
         vg_pgpool_destroy(lp->pool);
         lp->pool = NULL;
     }
+    lua_State *L = arg;
+    vg_ref_release(L, &D.default_ref);
+    vg_ref_release(L, &D.opts_ref);
+    vg_l_db_types_close(L);
 }
 
 static double opt_num(lua_State *L, int idx, const char *key, double def)
@@ -99,7 +106,7 @@ static void push_pool(lua_State *L, int idx)
 {
     int cfg_idx = 0;
     if (idx == 0 && D.opts_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, D.opts_ref);
+        vg_ref_push(L, D.opts_ref);
         cfg_idx = lua_gettop(L);
     } else if (idx) {
         cfg_idx = lua_absindex(L, idx);
@@ -176,10 +183,6 @@ static void push_pool(lua_State *L, int idx)
     lp->next = D.pools;
     D.pools = lp;
     luaL_setmetatable(L, POOL_MT);
-    if (!D.atexit_done) {
-        D.atexit_done = true;
-        vg_sched_atexit(on_exit_hook, NULL);
-    }
 }
 
 l_pool_t *vg_l_db_check_lpool(lua_State *L, int idx)
@@ -214,14 +217,14 @@ static int l_pool_gc(lua_State *L)
 static int l_core_default(lua_State *L)
 {
     if (D.default_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, D.default_ref);
+        vg_ref_push(L, D.default_ref);
         return 1;
     }
     if (lua_isboolean(L, 1) && !lua_toboolean(L, 1)) return 0;
     lua_settop(L, 0);
     push_pool(L, 0);
     lua_pushvalue(L, -1);
-    D.default_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    D.default_ref = vg_ref_take(L);
     return 1;
 }
 
@@ -235,16 +238,15 @@ static int l_core_new_pool(lua_State *L)
 static int l_core_configure(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
+    vg_ref_release(L, &D.opts_ref);
     lua_pushvalue(L, 1);
-    if (D.opts_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, D.opts_ref);
-    D.opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    D.opts_ref = vg_ref_take(L);
     if (D.default_ref != LUA_NOREF) { /* the next use opens a new pool */
-        lua_rawgeti(L, LUA_REGISTRYINDEX, D.default_ref);
+        vg_ref_push(L, D.default_ref);
         l_pool_t *lp = lua_touserdata(L, -1);
         if (lp->pool) vg_pgpool_destroy(lp->pool);
         lp->pool = NULL;
-        luaL_unref(L, LUA_REGISTRYINDEX, D.default_ref);
-        D.default_ref = LUA_NOREF;
+        vg_ref_release(L, &D.default_ref);
     }
     return 0;
 }
@@ -769,11 +771,22 @@ static const luaL_Reg pool_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg pool_meta[] = {
+    {"__gc", l_pool_gc},
+    {"__tostring", l_pool_tostring},
+    {NULL, NULL},
+};
+
 static const luaL_Reg conn_methods[] = {
     {"query", l_conn_query},
     {"release", l_conn_release},
     {"tx_status", l_conn_tx_status},
     {"pid", l_conn_pid},
+    {NULL, NULL},
+};
+
+static const luaL_Reg conn_meta[] = {
+    {"__gc", l_conn_gc},
     {NULL, NULL},
 };
 
@@ -790,30 +803,21 @@ static const luaL_Reg core_funcs[] = {
 int luaopen_vg_db_core(lua_State *L)
 {
     vg_l_db_types_init(L);
+    if (!D.atexit_done) { /* pools, and the references above, end with the host */
+        D.atexit_done = true;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+        vg_sched_atexit(on_exit_hook, lua_tothread(L, -1));
+        lua_pop(L, 1);
+    }
     luaL_newlib(L, core_funcs);
     int mod = lua_gettop(L);
-    if (luaL_newmetatable(L, POOL_MT)) {
-        luaL_newlib(L, pool_methods);
-        luaL_setfuncs(L, vg_l_db_listen_methods, 0);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, mod, "Pool");
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_pool_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, l_pool_tostring);
-        lua_setfield(L, -2, "__tostring");
-    } else {
-        lua_getfield(L, -1, "__index");
-        lua_setfield(L, mod, "Pool");
-    }
+    vg_lclass_new(L, POOL_MT, pool_methods, pool_meta, 0);
+    luaL_getmetatable(L, POOL_MT); /* the LISTEN methods (l_db_listen.c) join the pool's */
+    lua_getfield(L, -1, "__index");
+    luaL_setfuncs(L, vg_l_db_listen_methods, 0);
+    lua_setfield(L, mod, "Pool");
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, CONN_MT)) {
-        luaL_newlib(L, conn_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_conn_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
+    vg_lclass_new(L, CONN_MT, conn_methods, conn_meta, 0);
     luaL_newmetatable(L, VG_L_DB_BYTEA_MT);
     lua_pop(L, 1);
     lua_pushlightuserdata(L, NULL);

@@ -13,6 +13,7 @@
 #include "vg/util.h"
 #include "vg/err.h"
 #include "vg/l_json.h"
+#include "vg/lref.h"
 #include "vg/lstack.h"
 #include "vg/pgconn.h"
 
@@ -31,10 +32,12 @@ void vg_l_db_types_init(lua_State *L)
     lua_pushliteral(L, "cjson");
     if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_istable(L, -1)) {
         lua_getfield(L, -1, "decode");
-        decode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        decode_ref = vg_ref_take(L);
     }
     lua_pop(L, 1);
 }
+
+void vg_l_db_types_close(lua_State *L) { vg_ref_release(L, &decode_ref); }
 
 /* ---- parameters ----------------------------------------------------------- */
 
@@ -183,7 +186,7 @@ static void integerise(lua_State *L, int idx, int depth)
 static void push_json(lua_State *L, const char *s, int len)
 {
     if (decode_ref != LUA_NOREF) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, decode_ref);
+        vg_ref_push(L, decode_ref);
         lua_pushlstring(L, s, (size_t)len);
         if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
             if (lua_type(L, -1) == LUA_TTABLE) integerise(L, -1, 0);

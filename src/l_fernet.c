@@ -32,6 +32,7 @@
 #include "vg/config.h"
 #include "vg/err.h"
 #include "vg/fernet.h"
+#include "vg/lclass.h"
 
 #define FERNET_MT "vg.fernet.Fernet"
 
@@ -170,7 +171,6 @@ static const luaL_Reg fernet_meta[] = {
     {"__gc", l_fernet_close},
     {"__close", l_fernet_close},
     {"__tostring", l_fernet_tostring},
-    {"__index", NULL},
     {NULL, NULL},
 };
 
@@ -182,14 +182,11 @@ static const luaL_Reg fernet_funcs[] = {
 
 int luaopen_vg_fernet(lua_State *L)
 {
-    if (luaL_newmetatable(L, FERNET_MT)) {
-        luaL_setfuncs(L, fernet_meta, 0);
-        luaL_newlib(L, fernet_methods);
-        lua_setfield(L, -2, "__index");
-        /* Hide the metatable from scripts: nothing to read or swap there. */
-        lua_pushliteral(L, "locked");
-        lua_setfield(L, -2, "__metatable");
-    }
+    vg_lclass_new(L, FERNET_MT, fernet_methods, fernet_meta, 0);
+    /* Hide the metatable from scripts: nothing to read or swap there. */
+    luaL_getmetatable(L, FERNET_MT);
+    lua_pushliteral(L, "locked");
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
     luaL_newlib(L, fernet_funcs);
     return 1;

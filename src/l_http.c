@@ -29,6 +29,7 @@
 #include "vg/buf.h"
 #include "vg/err.h"
 #include "vg/http.h"
+#include "vg/lclass.h"
 #include "vg/sched_host.h"
 
 #define SERVER_MT "vg.http.Server"
@@ -371,8 +372,16 @@ static const luaL_Reg server_methods[] = {
     {"close", l_server_close}, {NULL, NULL},
 };
 
+static const luaL_Reg server_meta[] = {
+    {"__gc", l_server_gc}, {"__close", l_server_close}, {NULL, NULL},
+};
+
 static const luaL_Reg responder_methods[] = {
     {"send", l_responder_send}, {"open", l_responder_open}, {NULL, NULL},
+};
+
+static const luaL_Reg responder_meta[] = {
+    {"__gc", l_responder_gc}, {"__close", l_responder_gc}, {NULL, NULL},
 };
 
 static const luaL_Reg funcs[] = {
@@ -382,24 +391,8 @@ static const luaL_Reg funcs[] = {
 
 int luaopen_vg_http_core(lua_State *L)
 {
-    if (luaL_newmetatable(L, SERVER_MT)) {
-        luaL_newlib(L, server_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_server_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, l_server_close);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, RESPONDER_MT)) {
-        luaL_newlib(L, responder_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_responder_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, l_responder_gc);
-        lua_setfield(L, -2, "__close");
-    }
-    lua_pop(L, 1);
+    vg_lclass_new(L, SERVER_MT, server_methods, server_meta, 0);
+    vg_lclass_new(L, RESPONDER_MT, responder_methods, responder_meta, 0);
     luaL_newlib(L, funcs);
     return 1;
 }

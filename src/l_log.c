@@ -16,35 +16,15 @@
 
 #include "vg/buf.h"
 #include "vg/l_json.h"
+#include "vg/lclass.h"
 #include "vg/log.h"
 #include "vg/sched_host.h"
 
 #define LOGGER_MT "vg.log.Logger"
 
-static const char *const reserved[] = {"timestamp", "level", "event", "worker_id", NULL};
-
-static bool is_reserved(const char *k)
-{
-    for (int i = 0; reserved[i]; i++)
-        if (strcmp(k, reserved[i]) == 0) return true;
-    return false;
-}
-
-/* Append ,"key":value for every field of the table at idx. Reserved names
- * get a "field_" prefix so the line keeps exactly one of each. */
-static void add_key(vg_buf_t *b, const char *k, size_t klen)
-{
-    if (is_reserved(k)) {
-        vg_buf_t pk = VG_BUF_INIT;
-        vg_buf_adds(&pk, "field_");
-        vg_buf_add(&pk, k, klen);
-        vg_json_str(b, pk.data, pk.len);
-        vg_buf_free(&pk);
-    } else {
-        vg_json_str(b, k, klen);
-    }
-}
-
+/* Append ,"key":value for every field of the table at idx. Keys the host
+ * owns (timestamp, level, event, worker_id) are renamed where the line is
+ * written (vg/log.h), for C and Lua lines alike. */
 static void add_fields(lua_State *L, int idx, vg_buf_t *b)
 {
     idx = lua_absindex(L, idx);
@@ -54,10 +34,10 @@ static void add_fields(lua_State *L, int idx, vg_buf_t *b)
         vg_buf_addc(b, ',');
         if (lua_type(L, -2) == LUA_TSTRING) {
             const char *k = lua_tolstring(L, -2, &klen);
-            add_key(b, k, klen);
+            vg_json_str(b, k, klen);
         } else {
             const char *k = luaL_tolstring(L, -2, &klen);
-            add_key(b, k, klen);
+            vg_json_str(b, k, klen);
             lua_pop(L, 1);
         }
         vg_buf_addc(b, ':');
@@ -95,17 +75,12 @@ static int emit(lua_State *L, vg_log_level_t level)
     const char *event = luaL_checkstring(L, base);
     if (!vg_log_enabled(level)) return 0;
     if (!lua_isnoneornil(L, base + 1)) luaL_checktype(L, base + 1, LUA_TTABLE);
-    /* One set of keys: the task's context, then the bound fields, then the
-     * call's, each later one winning. */
+    /* One set of keys: the bound fields, then the call's, each later one
+     * winning; vg_log_fragment merges the task's context under them, as it
+     * does for the host's own lines. */
     lua_settop(L, base + 1);
     lua_newtable(L);
     int merged = lua_gettop(L);
-    vg_task_t *t = vg_task_running();
-    if (t) {
-        vg_task_push_context(L, t);
-        merge_into(L, merged, -1);
-        lua_pop(L, 1);
-    }
     if (bound) {
         lua_getfield(L, 1, "fields");
         if (lua_istable(L, -1)) merge_into(L, merged, -1);
@@ -114,7 +89,7 @@ static int emit(lua_State *L, vg_log_level_t level)
     if (lua_istable(L, base + 1)) merge_into(L, merged, base + 1);
     vg_buf_t b = VG_BUF_INIT;
     add_fields(L, merged, &b);
-    vg_log_merged(level, event, b.data, b.len);
+    vg_log_fragment(level, event, b.data, b.len);
     vg_buf_free(&b);
     return 0;
 }
@@ -242,11 +217,7 @@ static const luaL_Reg log_funcs[] = {
 
 int luaopen_vg_log(lua_State *L)
 {
-    if (luaL_newmetatable(L, LOGGER_MT)) {
-        luaL_newlib(L, log_funcs);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    vg_lclass_new(L, LOGGER_MT, log_funcs, NULL, 0);
     luaL_newlib(L, log_funcs);
     return 1;
 }

@@ -91,6 +91,7 @@
 #include "vg/util.h"
 #include "vg/err.h"
 #include "vg/guard.h"
+#include "vg/lclass.h"
 #include "vg/proc.h"
 #include "vg/sched_host.h"
 
@@ -771,6 +772,11 @@ static const luaL_Reg process_methods[] = {
     {"wait_output", l_process_wait_output}, {NULL, NULL},
 };
 
+static const luaL_Reg process_meta[] = {
+    {"__close", l_process_close}, {"__gc", l_process_gc}, {"__tostring", l_process_tostring},
+    {NULL, NULL},
+};
+
 /* ---- module ------------------------------------------------------------------ */
 
 static void on_host_exit(void *arg) { vg_proc_shutdown(vg_loop(), SHUTDOWN_MAX_WAIT); }
@@ -810,24 +816,14 @@ int luaopen_vg_proc(lua_State *L)
         vg_sched_atexit(on_host_exit, NULL);
         atexit_added = true;
     }
-    if (luaL_newmetatable(L, PROCESS_MT)) {
-        lua_newtable(L);
-        luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-        lua_getfield(L, -1, "string");
-        lua_getfield(L, -1, "find");
-        if (!lua_isfunction(L, -1)) return luaL_error(L, "vg.proc needs the string library");
-        lua_replace(L, -3);
-        lua_pop(L, 1);
-        luaL_setfuncs(L, process_methods, 1); /* upvalue: string.find */
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_process_close);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, l_process_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, l_process_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
+    /* The methods' upvalue: string.find, as it was when vg.proc opened. */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, "string");
+    lua_getfield(L, -1, "find");
+    if (!lua_isfunction(L, -1)) return luaL_error(L, "vg.proc needs the string library");
+    lua_replace(L, -3);
     lua_pop(L, 1);
+    vg_lclass_new(L, PROCESS_MT, process_methods, process_meta, 1);
     luaL_newlib(L, proc_funcs);
     lua_newtable(L);
     const char *name;

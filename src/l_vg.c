@@ -22,6 +22,7 @@
 
 #include "vg/config.h"
 #include "vg/err.h"
+#include "vg/lclass.h"
 #include "vg/sched_host.h"
 
 /* The wait flags of an options table {interruptible = false} at idx:
@@ -135,6 +136,8 @@ static const luaL_Reg task_methods[] = {
     {"join", l_task_join},     {"cancel", l_task_cancel}, {"done", l_task_done},
     {"status", l_task_status}, {"id", l_task_id},         {NULL, NULL},
 };
+
+static const luaL_Reg task_meta[] = {{"__tostring", l_task_tostring}, {NULL, NULL}};
 
 static int l_vg_spawn(lua_State *L)
 {
@@ -305,17 +308,10 @@ static const luaL_Reg vg_funcs[] = {
 
 int luaopen_vg(lua_State *L)
 {
-    luaL_getmetatable(L, VG_TASK_MT); /* created by the scheduler */
-    luaL_newlib(L, task_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_task_tostring);
-    lua_setfield(L, -2, "__tostring");
+    luaL_getmetatable(L, VG_TASK_MT); /* made by the scheduler */
+    vg_lclass_fill(L, task_methods, task_meta, 0);
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, EVENT_MT)) {
-        luaL_newlib(L, event_methods);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    vg_lclass_new(L, EVENT_MT, event_methods, NULL, 0);
     luaL_newlib(L, vg_funcs);
     lua_pushstring(L, VG_VERSION);
     lua_setfield(L, -2, "version");

@@ -167,43 +167,128 @@ static size_t json_value_len(const char *p, size_t n)
     return i;
 }
 
-/* Console format: the fragment ,"k":v,... becomes " k=v ..."; plain strings
- * lose their quotes so the line reads naturally. */
-static void add_console_fields(vg_buf_t *b, const char *f, size_t n)
+/* ---- one set of keys ---------------------------------------------------- */
+
+/* The host's own members come first and only once. A field of the same
+ * name is kept as "field_<name>", as vg.log has always done: nothing is
+ * lost, and no key is written twice or overridden. */
+static const struct {
+    const char *key, *renamed; /* encoded, quotes included */
+} host_keys[] = {
+    {"\"timestamp\"", "\"field_timestamp\""},
+    {"\"level\"", "\"field_level\""},
+    {"\"event\"", "\"field_event\""},
+    {"\"worker_id\"", "\"field_worker_id\""},
+};
+
+/* A member ,"key":value of a fragment. key NULL: a piece that is not a
+ * member (never from the host's encoders), written as it is. */
+typedef struct {
+    const char *key, *val;
+    size_t klen, vlen;
+} member_t;
+
+static struct {
+    member_t *v;
+    size_t n, cap;
+} mem; /* reused from line to line */
+
+static void member_add(const char *key, size_t klen, const char *val, size_t vlen)
+{
+    if (mem.n == mem.cap) {
+        mem.cap = mem.cap ? mem.cap * 2 : 16;
+        mem.v = vg_xrealloc(mem.v, mem.cap * sizeof *mem.v);
+    }
+    for (size_t i = 0; key && i < sizeof host_keys / sizeof host_keys[0]; i++) {
+        if (klen == strlen(host_keys[i].key) && memcmp(key, host_keys[i].key, klen) == 0) {
+            key = host_keys[i].renamed;
+            klen = strlen(key);
+            break;
+        }
+    }
+    mem.v[mem.n++] = (member_t){key, val, klen, vlen};
+}
+
+/* Split the fragment f[0..n) into members. */
+static void members_of(const char *f, size_t n)
 {
     size_t i = 0;
     while (i < n) {
-        if (f[i] == ',') { i++; continue; }
-        size_t klen = json_value_len(f + i, n - i);
-        if (klen < 2) break;
-        vg_buf_addc(b, ' ');
-        vg_buf_add(b, f + i + 1, klen - 2);
-        vg_buf_addc(b, '=');
-        i += klen;
-        if (i < n && f[i] == ':') i++;
-        size_t vlen = json_value_len(f + i, n - i);
-        const char *v = f + i;
-        bool plain = vlen >= 2 && v[0] == '"' && !memchr(v + 1, ' ', vlen - 2) &&
-                     !memchr(v + 1, '\\', vlen - 2);
-        if (plain) vg_buf_add(b, v + 1, vlen - 2);
-        else vg_buf_add(b, v, vlen);
-        i += vlen;
+        if (f[i] == ',') {
+            i++;
+            continue;
+        }
+        size_t klen = f[i] == '"' ? json_value_len(f + i, n - i) : 0;
+        size_t v = i + klen + 1;
+        if (klen < 2 || v >= n || f[v - 1] != ':') {
+            member_add(NULL, 0, f + i, n - i);
+            return;
+        }
+        size_t vlen = json_value_len(f + v, n - v);
+        member_add(f + i, klen, f + v, vlen);
+        i = v + vlen;
     }
 }
 
-/* One line: the host's members, then ctx (a fragment or NULL), then fields. */
+/* Is member i written? Not when a later one has the same key: the call's
+ * fields come after the context, so they win, and a key given twice keeps
+ * its last value. */
+static bool member_kept(size_t i)
+{
+    const member_t *m = &mem.v[i];
+    if (!m->key) return true;
+    for (size_t j = i + 1; j < mem.n; j++)
+        if (mem.v[j].klen == m->klen && memcmp(mem.v[j].key, m->key, m->klen) == 0)
+            return false;
+    return true;
+}
+
+/* Console format: each member as " key=value"; plain strings lose their
+ * quotes so the line reads naturally. */
+static void add_console_member(vg_buf_t *b, const member_t *m)
+{
+    vg_buf_addc(b, ' ');
+    if (!m->key) {
+        vg_buf_add(b, m->val, m->vlen);
+        return;
+    }
+    vg_buf_add(b, m->key + 1, m->klen - 2);
+    vg_buf_addc(b, '=');
+    const char *v = m->val;
+    size_t vlen = m->vlen;
+    bool plain = vlen >= 2 && v[0] == '"' && !memchr(v + 1, ' ', vlen - 2) &&
+                 !memchr(v + 1, '\\', vlen - 2);
+    if (plain) vg_buf_add(b, v + 1, vlen - 2);
+    else vg_buf_add(b, v, vlen);
+}
+
+static void add_json_member(vg_buf_t *b, const member_t *m)
+{
+    if (m->key) {
+        vg_buf_addc(b, ',');
+        vg_buf_add(b, m->key, m->klen);
+        vg_buf_addc(b, ':');
+    }
+    vg_buf_add(b, m->val, m->vlen);
+}
+
+/* One line: the host's members, then those of ctx (a fragment or NULL) and
+ * of fields merged into one set of keys. */
 static void write_line(vg_log_level_t level, const char *event, const char *ctx,
                        const char *fields, size_t len)
 {
     vg_buf_t *b = &line;
     if (!buffered) vg_buf_reset(b);
+    mem.n = 0;
+    if (ctx) members_of(ctx, strlen(ctx));
+    if (fields) members_of(fields, len);
     if (format == VG_LOG_CONSOLE) {
         add_timestamp(b);
         vg_buf_printf(b, " %-8s %s", vg_log_level_name(level), event);
         vg_buf_adds(b, " worker_id=");
         vg_buf_adds(b, vg_log_worker_id());
-        if (ctx) add_console_fields(b, ctx, strlen(ctx));
-        if (fields && len) add_console_fields(b, fields, len);
+        for (size_t i = 0; i < mem.n; i++)
+            if (member_kept(i)) add_console_member(b, &mem.v[i]);
     } else {
         vg_buf_adds(b, "{\"timestamp\":\"");
         add_timestamp(b);
@@ -212,8 +297,8 @@ static void write_line(vg_log_level_t level, const char *event, const char *ctx,
         vg_buf_adds(b, ",\"worker_id\":");
         const char *id = vg_log_worker_id();
         vg_json_str(b, id, strlen(id));
-        if (ctx) vg_buf_adds(b, ctx);
-        if (fields && len) vg_buf_add(b, fields, len);
+        for (size_t i = 0; i < mem.n; i++)
+            if (member_kept(i)) add_json_member(b, &mem.v[i]);
         vg_buf_addc(b, '}');
     }
     vg_buf_addc(b, '\n');
@@ -226,12 +311,6 @@ void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields
 {
     if (!vg_log_enabled(level)) return;
     write_line(level, event, context, fields, len);
-}
-
-void vg_log_merged(vg_log_level_t level, const char *event, const char *fields, size_t len)
-{
-    if (!vg_log_enabled(level)) return;
-    write_line(level, event, NULL, fields, len);
 }
 
 void vg_log(vg_log_level_t level, const char *event, ...)

@@ -20,6 +20,7 @@
 #include "vg/err.h"
 #include "vg/host_exit.h"
 #include "vg/log.h"
+#include "vg/lref.h"
 #include "vg/sched_host.h"
 #include "vg/sig.h"
 #include "vg/util.h"
@@ -284,7 +285,8 @@ int main(int argc, char **argv)
     lua_pushcfunction(L, pmain);
     lua_pushlightuserdata(L, &cli);
     int code = EXIT_FATAL;
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    bool ran = lua_pcall(L, 1, 1, 0) == LUA_OK;
+    if (!ran) {
         const char *msg = lua_tostring(L, -1);
         vg_log(VG_LOG_CRITICAL, "host_error", VG_F_STR("error", msg ? msg : "?"), VG_F_END);
     } else {
@@ -293,6 +295,9 @@ int main(int argc, char **argv)
     bool signalled = vg_shutdown_requested();
     if (!cli.check_only) close_loop();
     lua_close(L);
+    /* Every reference taken in a run that ended normally has been released
+     * by its owner by now; debug builds abort on a leak (vg/lref.h). */
+    if (ran) vg_ref_check_leaks();
     if (signalled && code != EXIT_FATAL) code = EXIT_OK;
     vg_host_exit(code, NULL);
 }

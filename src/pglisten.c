@@ -37,7 +37,7 @@ struct vg_pglistener {
     vg_pgnotify_t *q_head, *q_tail;
     int q_len;
     bool dropping;      /* dropped since the queue was last drained: logged once */
-    vg_pgwait_t *w_head, *w_tail;
+    vg_list_t waiters;                 /* vg_pgwait_t, first come first served */
     uv_timer_t retry;
     double backoff;
     /* A statement run first on every new connection (e.g. a session lock). */
@@ -61,7 +61,7 @@ static void listener_kick(vg_pglistener_t *l);
 /* Keep the loop alive for the listener only while someone waits on it. */
 static void listener_update_ref(vg_pglistener_t *l)
 {
-    bool want = l->w_head || l->cmd_head;
+    bool want = !vg_list_empty(&l->waiters) || l->cmd_head;
     if (l->c) vg_pgconn_keep_loop(l->c, want);
     if (want) uv_ref((uv_handle_t *)&l->retry);
     else uv_unref((uv_handle_t *)&l->retry);
@@ -111,8 +111,8 @@ static void cmd_finish(vg_pglistener_t *l, const char *error)
 
 static void wake_all_waiters(vg_pglistener_t *l)
 {
-    while (l->w_head) {
-        vg_pgwait_t *w = l->w_head;
+    vg_pgwait_t *w;
+    while ((w = VG_LIST_FIRST(&l->waiters, vg_pgwait_t, link))) {
         vg_pglistener_unwait(l, w);
         w->cb(w, NULL);
     }
@@ -126,8 +126,8 @@ static void on_listen_notify(vg_pgconn_t *c, PGnotify *pn, void *arg)
     n->payload = vg_xstrdup(pn->extra ? pn->extra : "");
     n->pid = pn->be_pid;
     PQfreemem(pn);
-    if (l->w_head) {
-        vg_pgwait_t *w = l->w_head;
+    vg_pgwait_t *w = VG_LIST_FIRST(&l->waiters, vg_pgwait_t, link);
+    if (w) {
         vg_pglistener_unwait(l, w);
         w->cb(w, n);
         return;
@@ -387,11 +387,7 @@ vg_pgnotify_t *vg_pglistener_pop(vg_pglistener_t *l)
 
 void vg_pglistener_wait(vg_pglistener_t *l, vg_pgwait_t *w)
 {
-    w->next = NULL;
-    w->prev = l->w_tail;
-    if (l->w_tail) l->w_tail->next = w;
-    else l->w_head = w;
-    l->w_tail = w;
+    vg_list_push_tail(&l->waiters, &w->link);
     w->queued = true;
     listener_update_ref(l);
 }
@@ -399,11 +395,7 @@ void vg_pglistener_wait(vg_pglistener_t *l, vg_pgwait_t *w)
 void vg_pglistener_unwait(vg_pglistener_t *l, vg_pgwait_t *w)
 {
     if (!w->queued) return;
-    if (w->prev) w->prev->next = w->next;
-    else l->w_head = w->next;
-    if (w->next) w->next->prev = w->prev;
-    else l->w_tail = w->prev;
-    w->prev = w->next = NULL;
+    vg_list_remove(&l->waiters, &w->link);
     w->queued = false;
     listener_update_ref(l);
 }

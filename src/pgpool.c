@@ -54,10 +54,10 @@ struct vg_pgpool {
     int n[CS_MAX];
     int n_conns;                       /* allocated and not yet freed */
     int cancels;                       /* cancel requests in flight */
-    vg_pgpool_req_t *wait_head, *wait_tail;
+    vg_list_t waiters;                 /* vg_pgpool_req_t, first come first served */
     int n_waiting;
-    long long opened_total, closed_total, failed_total, pings_total, timeouts_total;
-    long long prepared_gone;           /* prepared by connections already freed */
+    vg_pgpool_stats_t totals;          /* the *_total counters (prepared_total: by
+                                          connections already freed) */
     bool dispatching, redispatch;
     uv_timer_t reaper;                 /* runs only while connections reset */
     uv_timer_t wait_timer;             /* the next waiter's deadline */
@@ -88,6 +88,28 @@ static void list_del(vg_pgconn_t **head, vg_pgconn_t *c)
     else *head = O(c)->next;
     if (O(c)->next) O(O(c)->next)->prev = O(c)->prev;
     O(c)->prev = O(c)->next = NULL;
+}
+
+/* The queue of checkouts waiting for a connection. */
+static vg_pgpool_req_t *first_waiter(vg_pgpool_t *p)
+{
+    return VG_LIST_FIRST(&p->waiters, vg_pgpool_req_t, link);
+}
+
+static void waiter_push(vg_pgpool_t *p, vg_pgpool_req_t *r, bool front)
+{
+    r->queued = true;
+    r->pinging = NULL;
+    if (front) vg_list_push_head(&p->waiters, &r->link);
+    else vg_list_push_tail(&p->waiters, &r->link);
+    p->n_waiting++;
+}
+
+static void waiter_unlink(vg_pgpool_t *p, vg_pgpool_req_t *r)
+{
+    vg_list_remove(&p->waiters, &r->link);
+    r->queued = false;
+    p->n_waiting--;
 }
 
 static int n_open(const vg_pgpool_t *p)
@@ -134,7 +156,7 @@ static void pool_maybe_free(vg_pgpool_t *p)
 
 static void conn_free(vg_pgpool_t *p, vg_pgconn_t *c)
 {
-    p->prepared_gone += (long long)vg_pgconn_prepared_total(c);
+    p->totals.prepared_total += (long long)vg_pgconn_prepared_total(c);
     conn_set_state(p, c, CS_NONE);
     vg_pgconn_free(c);
     p->n_conns--;
@@ -144,7 +166,7 @@ static void conn_free(vg_pgpool_t *p, vg_pgconn_t *c)
 /* Close a connection and drop it from the pool. */
 static void discard(vg_pgpool_t *p, vg_pgconn_t *c)
 {
-    if (O(c)->state != CS_CONNECTING) p->closed_total++;
+    if (O(c)->state != CS_CONNECTING) p->totals.closed_total++;
     vg_pgconn_set_done(c, NULL, NULL); /* the pool's own callbacks must not run */
     if (O(c)->ref && O(c)->state == CS_CONNECTING) { /* a probe */
         vg_pgpool_probe_t *pr = O(c)->ref;
@@ -179,7 +201,7 @@ static void force_close_out(vg_pgpool_t *p)
         next = O(c)->next;
         if (O(c)->state != CS_OUT) continue;
         p->forced = true;
-        p->closed_total++;
+        p->totals.closed_total++;
         conn_set_state(p, c, CS_CLOSED_OUT);
         vg_pgconn_close(c); /* a query in flight ends now, as a lost connection */
     }
@@ -212,13 +234,10 @@ void vg_pgpool_close(vg_pgpool_t *p, double timeout_s, vg_pgpool_closed_fn done,
     p->closing = true;
     p->close_cb = done;
     p->close_arg = arg;
-    while (p->wait_head) {
-        vg_pgpool_req_t *r = p->wait_head;
-        p->wait_head = r->next;
-        p->n_waiting--;
-        fail_waiter(r, "pool_closed", "the database pool is closed");
+    for (vg_pgpool_req_t *w; (w = first_waiter(p));) {
+        waiter_unlink(p, w);
+        fail_waiter(w, "pool_closed", "the database pool is closed");
     }
-    p->wait_tail = NULL;
     uv_timer_stop(&p->wait_timer);
     while (p->idle) discard(p, p->idle);
     vg_pgconn_t *c = p->busy, *next;
@@ -266,36 +285,6 @@ void vg_pgpool_destroy(vg_pgpool_t *p)
 
 /* ---- giving connections out -------------------------------------------------- */
 
-static void waiter_push(vg_pgpool_t *p, vg_pgpool_req_t *r, bool front)
-{
-    r->queued = true;
-    r->pinging = NULL;
-    if (front) {
-        r->prev = NULL;
-        r->next = p->wait_head;
-        if (p->wait_head) p->wait_head->prev = r;
-        else p->wait_tail = r;
-        p->wait_head = r;
-    } else {
-        r->next = NULL;
-        r->prev = p->wait_tail;
-        if (p->wait_tail) p->wait_tail->next = r;
-        else p->wait_head = r;
-        p->wait_tail = r;
-    }
-    p->n_waiting++;
-}
-
-static void waiter_unlink(vg_pgpool_t *p, vg_pgpool_req_t *r)
-{
-    if (r->prev) r->prev->next = r->next;
-    else p->wait_head = r->next;
-    if (r->next) r->next->prev = r->prev;
-    else p->wait_tail = r->prev;
-    r->prev = r->next = NULL;
-    r->queued = false;
-    p->n_waiting--;
-}
 
 static void hand_out(vg_pgpool_t *p, vg_pgconn_t *c, vg_pgpool_req_t *r)
 {
@@ -314,13 +303,13 @@ static void to_idle(vg_pgpool_t *p, vg_pgconn_t *c)
         maybe_finish_close(p);
         return;
     }
-    if (!p->wait_head && n_open(p) > p->cfg.size) {
+    if (vg_list_empty(&p->waiters) && n_open(p) > p->cfg.size) {
         discard(p, c); /* overflow connections are closed when returned */
         return;
     }
     conn_set_state(p, c, CS_IDLE);
     vg_pgconn_keep_loop(c, false);
-    if (p->wait_head) dispatch(p);
+    if (!vg_list_empty(&p->waiters)) dispatch(p);
 }
 
 static void ping_done(vg_pgconn_t *c, PGresult *res, void *arg)
@@ -365,7 +354,7 @@ static int prepare(vg_pgpool_t *p, vg_pgconn_t *c, vg_pgpool_req_t *r)
         discard(p, c);
         return -1;
     }
-    p->pings_total++;
+    p->totals.pings_total++;
     conn_set_state(p, c, CS_PINGING);
     O(c)->ref = r;
     r->pinging = c;
@@ -395,9 +384,9 @@ static void check_deadlines(vg_pgpool_t *p, bool fail)
 {
     uint64_t now = uv_now(p->loop), next = UINT64_MAX;
     int covered = p->n[CS_CONNECTING], i = 0;
-    vg_pgpool_req_t *r = p->wait_head, *nr;
-    for (; r; r = nr) {
-        nr = r->next;
+    for (vg_link_t *e = p->waiters.head, *after; e; e = after) {
+        after = e->next;
+        vg_pgpool_req_t *r = VG_CONTAINER(e, vg_pgpool_req_t, link);
         if (i < covered) {
             i++;
             continue;
@@ -410,7 +399,7 @@ static void check_deadlines(vg_pgpool_t *p, bool fail)
                           p->cfg.pool_timeout, p->cfg.size, p->cfg.max_overflow,
                           p->n[CS_OUT] + p->n[CS_PINGING] + p->n[CS_RESETTING], limit(p),
                           p->n_waiting);
-            p->timeouts_total++;
+            p->totals.timeouts_total++;
             fail_waiter(r, "pool_timeout", b.data);
             vg_buf_free(&b);
             continue;
@@ -433,9 +422,9 @@ static void dispatch(vg_pgpool_t *p)
     p->dispatching = true;
     do {
         p->redispatch = false;
-        while (p->wait_head && p->idle && !p->closing) {
+        while (!vg_list_empty(&p->waiters) && p->idle && !p->closing) {
             vg_pgconn_t *c = p->idle;
-            vg_pgpool_req_t *r = p->wait_head;
+            vg_pgpool_req_t *r = first_waiter(p);
             waiter_unlink(p, r);
             int ok = prepare(p, c, r);
             if (ok > 0) hand_out(p, c, r);
@@ -458,7 +447,7 @@ int vg_pgpool_acquire(vg_pgpool_t *p, vg_pgpool_req_t *r, vg_pgconn_t **out)
     double t = p->cfg.pool_timeout > 0 ? p->cfg.pool_timeout * 1000.0 : 0;
     r->deadline_ms = uv_now(p->loop) + (uint64_t)t;
     /* First come, first served: nobody overtakes a queued waiter. */
-    while (!p->wait_head && p->idle) {
+    while (vg_list_empty(&p->waiters) && p->idle) {
         vg_pgconn_t *c = p->idle;
         int ok = prepare(p, c, r);
         if (ok > 0) {
@@ -606,7 +595,7 @@ static void on_conn_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
     switch (ev) {
     case VG_PGCONN_EV_CONNECTED:
         O(c)->ref = NULL;
-        p->opened_total++;
+        p->totals.opened_total++;
         vg_log(VG_LOG_DEBUG, "db_connection_opened", VG_F_INT("pid", vg_pgconn_pid(c)),
                VG_F_INT("open", n_open(p)), VG_F_END);
         if (probe) {
@@ -617,7 +606,7 @@ static void on_conn_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
         break;
     case VG_PGCONN_EV_CONNECT_FAILED: {
         O(c)->ref = NULL;
-        p->failed_total++;
+        p->totals.failed_total++;
         char *msg = vg_xstrdup(vg_pgconn_error(c));
         discard(p, c);
         if (probe) {
@@ -626,8 +615,8 @@ static void on_conn_event(vg_pgconn_t *c, vg_pgconn_event_t ev, void *arg)
         } else {
             log_connect_failed(p, msg);
             /* One failed attempt fails the oldest waiter it was opened for. */
-            if (p->wait_head && p->n_waiting > p->n[CS_CONNECTING]) {
-                vg_pgpool_req_t *r = p->wait_head;
+            vg_pgpool_req_t *r = first_waiter(p);
+            if (r && p->n_waiting > p->n[CS_CONNECTING]) {
                 waiter_unlink(p, r);
                 char human[512];
                 vg_pgconn_explain(msg, human, sizeof human, NULL);
@@ -824,7 +813,7 @@ vg_pgpool_t *vg_pgpool_new(uv_loop_t *loop, const vg_pgpool_cfg_t *cfg, char **e
 
 void vg_pgpool_stats(const vg_pgpool_t *p, vg_pgpool_stats_t *s)
 {
-    memset(s, 0, sizeof *s);
+    *s = p->totals; /* then the figures of the moment */
     s->size = p->cfg.size;
     s->max_overflow = p->cfg.max_overflow;
     s->open = n_open(p);
@@ -834,12 +823,6 @@ void vg_pgpool_stats(const vg_pgpool_t *p, vg_pgpool_stats_t *s)
     s->resetting = p->n[CS_RESETTING];
     s->overflow = s->open > p->cfg.size ? s->open - p->cfg.size : 0;
     s->waiters = p->n_waiting;
-    s->opened_total = p->opened_total;
-    s->closed_total = p->closed_total;
-    s->failed_total = p->failed_total;
-    s->pings_total = p->pings_total;
-    s->timeouts_total = p->timeouts_total;
-    s->prepared_total = p->prepared_gone;
     for (vg_pgconn_t *c = p->idle; c; c = O(c)->next)
         s->prepared_total += (long long)vg_pgconn_prepared_total(c);
     for (vg_pgconn_t *c = p->busy; c; c = O(c)->next)

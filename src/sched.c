@@ -14,6 +14,7 @@
 #include "vg/err.h"
 #include "vg/host_exit.h"
 #include "vg/log.h"
+#include "vg/lref.h"
 #include "vg/lstack.h"
 
 /* Uservalues of a task's full userdata. */
@@ -68,7 +69,7 @@ static struct {
     double grace_seconds;
     uint64_t slice_ns;          /* VG_TASK_SLICE; 0: no limit */
     uint64_t resumed_at;        /* uv_hrtime() of the current resume */
-    int on_shutdown_ref;        /* table of functions */
+    int on_shutdown_ref;        /* table of functions; made on first use */
     vg_gate_allow_fn gate_allow; /* the main task's prologue gate, NULL when none */
     void (*gate_deny)(void);
     struct atexit_fn { vg_atexit_fn fn; void *arg; } *atexit_fns;
@@ -223,8 +224,7 @@ static void on_task_timer_closed(uv_handle_t *h)
     free(t->log_context);
     t->log_context = NULL;
     /* The userdata may now be collected once scripts drop their handles. */
-    luaL_unref(S.L, LUA_REGISTRYINDEX, t->anchor);
-    t->anchor = LUA_NOREF;
+    vg_ref_release(S.L, &t->anchor);
 }
 
 static void live_unlink(vg_task_t *t)
@@ -239,7 +239,7 @@ static void live_unlink(vg_task_t *t)
 /* Push the task's userdata (anchored while it lives) onto L. */
 static void push_task(lua_State *L, vg_task_t *t)
 {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->anchor);
+    vg_ref_push(L, t->anchor);
 }
 
 /* Protected: luaL_tolstring can run a __tostring metamethod. */
@@ -555,7 +555,7 @@ vg_task_t *vg_task_spawn(lua_State *L, int nargs, bool is_main)
     /* Threads the task creates inherit the hook. */
     lua_sethook(co, task_hook, task_hook_mask(), SLICE_HOOK_COUNT);
     lua_pushvalue(L, -1);
-    t->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->anchor = vg_ref_take(L);
     t->next = S.live;
     if (S.live) S.live->prev = t;
     S.live = t;
@@ -674,15 +674,17 @@ void vg_sched_shutdown(const char *signame)
            VG_F_END);
     interrupt_waits();
     /* on_shutdown callbacks run as tasks of their own. */
-    lua_State *L = S.L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, S.on_shutdown_ref);
-    lua_Integer n = luaL_len(L, -1);
-    for (lua_Integer i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, i);
-        vg_task_spawn(L, 0, false);
+    if (S.on_shutdown_ref != LUA_NOREF) {
+        lua_State *L = S.L;
+        vg_ref_push(L, S.on_shutdown_ref);
+        lua_Integer n = luaL_len(L, -1);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            vg_task_spawn(L, 0, false);
+            lua_pop(L, 1);
+        }
         lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     uint64_t ms = (uint64_t)(S.grace_seconds * 1000.0);
     uv_timer_start(&S.grace, on_grace_timeout, ms, 0);
 }
@@ -727,7 +729,11 @@ void vg_sched_on_shutdown(lua_State *L, int idx)
 {
     VG_STACK_MARK(L);
     idx = lua_absindex(L, idx);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, S.on_shutdown_ref);
+    if (S.on_shutdown_ref == LUA_NOREF) {
+        lua_newtable(L);
+        S.on_shutdown_ref = vg_ref_take(L);
+    }
+    vg_ref_push(L, S.on_shutdown_ref);
     lua_pushvalue(L, idx);
     lua_rawseti(L, -2, luaL_len(L, -2) + 1);
     lua_pop(L, 1);
@@ -758,15 +764,34 @@ void vg_sched_init(lua_State *L, uv_loop_t *loop, double grace_seconds)
     uv_unref((uv_handle_t *)&S.flush);
     uv_timer_init(loop, &S.grace);
     uv_unref((uv_handle_t *)&S.grace);
-    lua_newtable(L);
-    S.on_shutdown_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    S.on_shutdown_ref = LUA_NOREF;
     /* Its methods are set by require "vg" (src/l_vg.c). */
     luaL_newmetatable(L, VG_TASK_MT);
     lua_pop(L, 1);
 }
 
+/* Let go of tasks that can never run again (a deadlock: each waits for
+ * another, and nothing on the loop can wake them): their wait's cleanup
+ * runs, their anchor goes once their timer has closed, and what they hold
+ * is collected with the Lua state. */
+static void drop_stuck_tasks(void)
+{
+    while (S.live) {
+        vg_task_t *t = S.live;
+        vg_wait_cleanup_fn cleanup = t->cleanup;
+        void *op = t->op;
+        t->cleanup = NULL;
+        t->op = NULL;
+        if (cleanup) cleanup(op);
+        t->state = T_DONE;
+        live_unlink(t);
+        uv_close((uv_handle_t *)&t->timer, on_task_timer_closed);
+    }
+}
+
 /* Run the loop until every task has ended, then the atexit hooks, then
- * close the scheduler's handles. Returns the exit code. */
+ * close the scheduler's handles and let go of its references. Returns the
+ * exit code. */
 int vg_sched_run(void)
 {
     /* Log lines are written together once per loop iteration, before the
@@ -784,6 +809,8 @@ int vg_sched_run(void)
     free(S.atexit_fns);
     S.atexit_fns = NULL;
     S.n_atexit = 0;
+    drop_stuck_tasks();
+    vg_ref_release(S.L, &S.on_shutdown_ref);
     uv_close((uv_handle_t *)&S.idle, NULL);
     uv_close((uv_handle_t *)&S.flush, NULL);
     uv_close((uv_handle_t *)&S.grace, NULL);

@@ -5,7 +5,11 @@
 #   sh tests/pgtmp.sh start DIR     create a cluster in DIR, start it, create
 #                                   database vg; prints the DATABASE_URL
 #   sh tests/pgtmp.sh url DIR       print the DATABASE_URL again
-#   sh tests/pgtmp.sh restart DIR   restart the server on the same port
+#   sh tests/pgtmp.sh restart DIR   restart the server on the same port (or
+#                                   start it again after halt)
+#   sh tests/pgtmp.sh halt DIR      stop the server at once (immediate mode,
+#                                   as a crash: recovery on the next start),
+#                                   keeping the cluster for restart
 #   sh tests/pgtmp.sh status DIR    exit 0 when the server is running
 #   sh tests/pgtmp.sh stop DIR      stop it (fast mode) and remove DIR
 #
@@ -42,7 +46,7 @@ me=pgtmp
 say() { printf '%s: %s\n' "$me" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$me" "$*" >&2; exit 1; }
 usage() {
-    echo "usage: sh tests/pgtmp.sh {start|stop|restart|url|status} DIR" >&2
+    echo "usage: sh tests/pgtmp.sh {start|stop|restart|halt|url|status} DIR" >&2
     exit 2
 }
 
@@ -444,6 +448,16 @@ do_restart() {
     say "restarted PostgreSQL on 127.0.0.1:$PORT"
 }
 
+do_halt() {
+    load
+    cd /
+    if server_alive; then
+        as_pg "$BINDIR/pg_ctl" stop -D "$PGDATA_DIR" -m immediate -w -t 30 >&2 ||
+            die "could not stop PostgreSQL on port $PORT (log: $LOG)"
+    fi
+    say "halted PostgreSQL on 127.0.0.1:$PORT (restart starts it again)"
+}
+
 do_status() {
     load
     cd /
@@ -454,6 +468,7 @@ case $cmd in
     start) do_start ;;
     stop) do_stop ;;
     restart) do_restart ;;
+    halt) do_halt ;;
     url) load; url ;;
     status) do_status ;;
     *) usage ;;

@@ -20,8 +20,10 @@ typedef struct {
     char **owned;        /* numbers and JSON formatted here */
 } vg_l_db_params_t;
 
-/* Find cjson.decode (for json/jsonb results); once, at module open. */
+/* Find cjson.decode (for json/jsonb results); once, at module open. Close
+ * lets go of it at the end of the host. */
 void vg_l_db_types_init(lua_State *L);
+void vg_l_db_types_close(lua_State *L);
 
 /* The arguments first..top as parameters, encoded strictly (STYLE.md,
  * convention 14): nil/db.null -> NULL; booleans; integers; floats (NaN,

@@ -53,15 +53,18 @@ void vg_log_set_buffered(bool on);
 void vg_log_flush(void);
 
 /* Log with typed fields: vg_log(VG_LOG_INFO, "db_connected",
- *     VG_F_STR("host", h), VG_F_INT("port", 5432), VG_F_END); */
+ *     VG_F_STR("host", h), VG_F_INT("port", 5432), VG_F_END);
+ * Every line has one set of keys, whoever writes it (C or vg.log): the
+ * running task's context, then the call's fields, a later one winning over
+ * an earlier one of the same key (so the call's fields win, and a key given
+ * twice keeps its last value). The host's own keys (timestamp, level, event,
+ * worker_id) are written once, first, and never overridden: a field of one
+ * of those names is kept as "field_<name>". */
 void vg_log(vg_log_level_t level, const char *event, ...);
 
 /* Lower level: write a line whose extra members are already encoded as a
- * fragment of ,"key":value pairs (may be NULL). */
+ * fragment of ,"key":value pairs (may be NULL), merged with the context as
+ * vg_log does. */
 void vg_log_fragment(vg_log_level_t level, const char *event, const char *fields, size_t len);
-/* The same for fields that already hold the running task's context merged
- * in (the Lua logger merges context, bound and call fields into one set of
- * keys): the context fragment is not added again. */
-void vg_log_merged(vg_log_level_t level, const char *event, const char *fields, size_t len);
 
 #endif

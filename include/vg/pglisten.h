@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <uv.h>
 
+#include "vg/list.h"
 #include "vg/pgconn.h"
 
 typedef struct vg_pglistener vg_pglistener_t;
@@ -38,7 +39,7 @@ typedef struct vg_pgwait vg_pgwait_t;
 struct vg_pgwait {
     void (*cb)(vg_pgwait_t *w, vg_pgnotify_t *n);
     void *arg;
-    vg_pgwait_t *prev, *next;
+    vg_link_t link;          /* in the listener's queue of waiters */
     bool queued;
 };
 

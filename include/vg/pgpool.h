@@ -31,6 +31,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "vg/list.h"
 #include "vg/pgconn.h"
 #include "vg/pglisten.h"
 
@@ -78,7 +79,7 @@ struct vg_pgpool_req {
     vg_pgpool_acquired_fn cb;
     void *arg;
     /* Private. */
-    vg_pgpool_req_t *prev, *next;
+    vg_link_t link;               /* in the pool's queue of waiters */
     vg_pgconn_t *pinging;         /* the connection being pre-pinged for it */
     uint64_t deadline_ms;
     bool queued;

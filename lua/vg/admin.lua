@@ -9,6 +9,10 @@
 --   admin.schema_problem() -> nil or text   the database lacks the tables
 --                                (or has migrations pending): "run
 --                                lua/migrate.lua"
+--   admin.usage(name, text)      a function that reports a usage error
+--   admin.only_help(name, args, help [, known])   for the service scripts
+--                                (worker, web): --help, and no stray
+--                                arguments
 local M = {}
 
 M.MIGRATE_HINT = "run `vg-host lua/migrate.lua` first (the pre-deploy command)"
@@ -74,6 +78,22 @@ function M.usage(name, text)
   return function(msg)
     if msg then io.stderr:write(name, ": ", msg, "\n") end
     io.stderr:write(text, "\n")
+    os.exit(2)
+  end
+end
+
+-- admin.only_help(name, args, help [, known]): for the scripts that take no
+-- arguments but --help (lua/<name>.lua): -h or --help prints help on stdout
+-- and exits 0; any other first argument, unless known[arg], is a usage
+-- error (exit 2). Run before the script starts anything.
+function M.only_help(name, args, help, known)
+  local a = args[1]
+  if a == "--help" or a == "-h" then
+    io.write(help)
+    os.exit(0)
+  end
+  if a ~= nil and not (known and known[a]) then
+    io.stderr:write(name, ": unexpected argument '", a, "' (vg-host lua/", name, ".lua --help)\n")
     os.exit(2)
   end
 end

@@ -44,7 +44,9 @@ local function fmt(v)
 end
 M.format_value = fmt
 
--- A metrics writer: w:family(name, type, help) then w:sample(name, labels, value).
+-- A metrics writer: w.family(name, type, help) then w.sample(name, labels,
+-- value); w.single(name, type, help, value) for a family of one unlabelled
+-- sample.
 function M.writer()
   local out = {}
   local w = {}
@@ -56,6 +58,10 @@ function M.writer()
     local l = {}
     for _, kv in ipairs(labels or {}) do l[#l + 1] = kv[1] .. '="' .. esc(kv[2]) .. '"' end
     out[#out + 1] = name .. (#l > 0 and "{" .. table.concat(l, ",") .. "}" or "") .. " " .. fmt(value)
+  end
+  function w.single(name, kind, help, value)
+    w.family(name, kind, help)
+    w.sample(name, nil, value)
   end
   function w.text() return table.concat(out, "\n") .. "\n" end
   return w
@@ -88,8 +94,7 @@ function M.metrics(c, server)
       w.sample(name, { { "pipeline", p } }, m and m.tasks[what][p] or 0)
     end
   end
-  w.family("vg_tasks_in_flight", "gauge", "Tasks this worker is running now.")
-  w.sample("vg_tasks_in_flight", nil, c and c.n_running or 0)
+  w.single("vg_tasks_in_flight", "gauge", "Tasks this worker is running now.", c and c.n_running or 0)
 
   w.family("vg_step_duration_seconds", "histogram", "Duration of finished pipeline steps.")
   if m then
@@ -108,44 +113,43 @@ function M.metrics(c, server)
 
   local ok, s = pcall(db.stats)
   if not ok then s = {} end
-  w.family("vg_db_pool_connections_in_use", "gauge", "Pool connections checked out by tasks.")
-  w.sample("vg_db_pool_connections_in_use", nil, s.checked_out or 0)
-  w.family("vg_db_pool_connections_open", "gauge", "Pool connections open (in use, idle or connecting).")
-  w.sample("vg_db_pool_connections_open", nil, s.open or 0)
-  w.family("vg_db_pool_waiting", "gauge", "Tasks waiting for a pool connection.")
-  w.sample("vg_db_pool_waiting", nil, s.waiters or 0)
-  w.family("vg_db_pool_timeouts_total", "counter", "Checkouts that failed with pool_timeout.")
-  w.sample("vg_db_pool_timeouts_total", nil, s.timeouts_total or 0)
-  w.family("vg_db_pool_connect_failures_total", "counter", "Connection attempts that failed.")
-  w.sample("vg_db_pool_connect_failures_total", nil, s.failed_total or 0)
+  w.single("vg_db_pool_connections_in_use", "gauge", "Pool connections checked out by tasks.",
+           s.checked_out or 0)
+  w.single("vg_db_pool_connections_open", "gauge",
+           "Pool connections open (in use, idle or connecting).", s.open or 0)
+  w.single("vg_db_pool_waiting", "gauge", "Tasks waiting for a pool connection.", s.waiters or 0)
+  w.single("vg_db_pool_timeouts_total", "counter", "Checkouts that failed with pool_timeout.",
+           s.timeouts_total or 0)
+  w.single("vg_db_pool_connect_failures_total", "counter", "Connection attempts that failed.",
+           s.failed_total or 0)
 
   local st = c and c.stats or {}
-  w.family("vg_liveness_renewals_total", "counter", "Successful renewals of this worker's liveness.")
-  w.sample("vg_liveness_renewals_total", nil, m and m.liveness_renewals or 0)
-  w.family("vg_liveness_held", "gauge", "1 while this worker holds its liveness.")
-  w.sample("vg_liveness_held", nil, c and c:liveness_state().held and 1 or 0)
-  w.family("vg_lease_renewals_total", "counter", "Successful renewals of task leases.")
-  w.sample("vg_lease_renewals_total", nil, m and m.lease_renewals or 0)
-  w.family("vg_leases_lost_total", "counter", "Tasks abandoned because their lease was lost.")
-  w.sample("vg_leases_lost_total", nil, st.lost or 0)
-  w.family("vg_tasks_fenced_total", "counter", "Tasks this worker stopped itself (the fence).")
-  w.sample("vg_tasks_fenced_total", nil, st.fenced or 0)
-  w.family("vg_tasks_released_total", "counter", "Tasks given back unfinished (shutdown).")
-  w.sample("vg_tasks_released_total", nil, st.released or 0)
+  w.single("vg_liveness_renewals_total", "counter", "Successful renewals of this worker's liveness.",
+           m and m.liveness_renewals or 0)
+  w.single("vg_liveness_held", "gauge", "1 while this worker holds its liveness.",
+           c and c:liveness_state().held and 1 or 0)
+  w.single("vg_lease_renewals_total", "counter", "Successful renewals of task leases.",
+           m and m.lease_renewals or 0)
+  w.single("vg_leases_lost_total", "counter", "Tasks abandoned because their lease was lost.",
+           st.lost or 0)
+  w.single("vg_tasks_fenced_total", "counter", "Tasks this worker stopped itself (the fence).",
+           st.fenced or 0)
+  w.single("vg_tasks_released_total", "counter", "Tasks given back unfinished (shutdown).",
+           st.released or 0)
 
   local t0 = vg.now()
   vg.sleep(0, { interruptible = false })
-  w.family("vg_loop_lag_seconds", "gauge", "How late a zero-length timer fired, measured at this scrape.")
-  w.sample("vg_loop_lag_seconds", nil, vg.now() - t0)
+  w.single("vg_loop_lag_seconds", "gauge", "How late a zero-length timer fired, measured at this scrape.",
+           vg.now() - t0)
 
   if server then
     local hs = server.stats()
-    w.family("vg_http_requests_total", "counter", "HTTP requests handed to handlers.")
-    w.sample("vg_http_requests_total", nil, hs.requests_total)
-    w.family("vg_http_rejected_total", "counter", "HTTP requests refused by the server's limits (400, 408, 413, 431, 503).")
-    w.sample("vg_http_rejected_total", nil, hs.rejected_total)
-    w.family("vg_http_connections_open", "gauge", "Open HTTP connections.")
-    w.sample("vg_http_connections_open", nil, hs.open_connections)
+    w.single("vg_http_requests_total", "counter", "HTTP requests handed to handlers.",
+             hs.requests_total)
+    w.single("vg_http_rejected_total", "counter",
+             "HTTP requests refused by the server's limits (400, 408, 413, 431, 503).",
+             hs.rejected_total)
+    w.single("vg_http_connections_open", "gauge", "Open HTTP connections.", hs.open_connections)
   end
   return w.text()
 end

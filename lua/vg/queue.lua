@@ -62,41 +62,38 @@ claimed AS (
 )
 SELECT * FROM claimed]]
 
--- Claim up to $4 tasks: the first ones in fair order that nobody has
--- locked. Only the rows taken are locked (Limit above LockRows above the
--- index scan).
-M.CLAIM_SQL = CLAIM_PROMOTE .. [[
-picked AS (
-    SELECT t.id FROM tasks t
+-- The due tasks that have their fair key, in fair order: what every claim
+-- descends the fair-order index for (Limit above LockRows above the index
+-- scan, so only the rows taken are locked). also: more conditions.
+local function in_fair_order(what, also)
+  return "    SELECT " .. what .. [[ FROM tasks t
      WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
-       AND t.run_at <= now()
+       AND t.run_at <= now()]] .. (also or "") .. "\n" .. [[
      ORDER BY t.priority_rank, t.fair_key, t.fair_seq
+]]
+end
+
+-- picked: the first $4 of them that nobody has locked.
+local function picked(also)
+  return "picked AS (\n" .. in_fair_order("t.id", also) .. [[
      LIMIT $4
        FOR UPDATE SKIP LOCKED
 ),
-]] .. CLAIM_TAKE
+]]
+end
+
+-- Claim up to $4 tasks: the first ones in fair order that nobody has
+-- locked.
+M.CLAIM_SQL = CLAIM_PROMOTE .. picked() .. CLAIM_TAKE
 
 -- Claim up to $4 (> 1) tasks in one statement (batch mode), in the same
 -- order, but only from the highest priority that has due tasks: a batch
 -- never takes a lower priority's tasks while concurrent claimers hold the
 -- higher one's (the next claim moves on once that priority is empty).
-M.CLAIM_MANY_SQL = CLAIM_PROMOTE .. [[
-top AS (
-    SELECT t.priority_rank FROM tasks t
-     WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
-       AND t.run_at <= now()
-     ORDER BY t.priority_rank, t.fair_key, t.fair_seq
-     LIMIT 1
-),
-picked AS (
-    SELECT t.id FROM tasks t
-     WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
-       AND t.run_at <= now() AND t.priority_rank = (SELECT priority_rank FROM top)
-     ORDER BY t.priority_rank, t.fair_key, t.fair_seq
-     LIMIT $4
-       FOR UPDATE SKIP LOCKED
-),
-]] .. CLAIM_TAKE
+M.CLAIM_MANY_SQL = CLAIM_PROMOTE
+  .. "top AS (\n" .. in_fair_order("t.priority_rank") .. "     LIMIT 1\n),\n"
+  .. picked(" AND t.priority_rank = (SELECT priority_rank FROM top)")
+  .. CLAIM_TAKE
 
 -- Seconds until the next claimable task is due (NULL: none queued).
 M.NEXT_DUE_SQL = [[

@@ -253,13 +253,13 @@ function Service:metrics()
   for _, r in ipairs(self:depth_by_channel()) do
     w.sample("vg_queue_channel_tasks", { { "channel", r.channel }, { "status", r.status }, { "priority", r.priority } }, r.n)
   end
-  w.family("vg_queue_oldest_pending_age_seconds", "gauge", "How long the longest-waiting due task has been due.")
-  w.sample("vg_queue_oldest_pending_age_seconds", nil, o.oldest + 0.0)
+  w.single("vg_queue_oldest_pending_age_seconds", "gauge",
+           "How long the longest-waiting due task has been due.", o.oldest + 0.0)
   w.family("vg_workers", "gauge", "Workers seen in the last hour: alive (seen within three heartbeats, not stopped) or gone.")
   w.sample("vg_workers", { { "state", "alive" } }, o.workers_count.alive)
   w.sample("vg_workers", { { "state", "gone" } }, o.workers_count.gone)
-  w.family("vg_tasks_failed_last_hour", "gauge", "Tasks that ended failed in the last hour.")
-  w.sample("vg_tasks_failed_last_hour", nil, o.failed_hour)
+  w.single("vg_tasks_failed_last_hour", "gauge", "Tasks that ended failed in the last hour.",
+           o.failed_hour)
   local by_channel, by_component = self:costs()
   w.family("vg_cost_usd", "gauge", "Recorded cost in USD by channel (top channels; the rest as \"" .. M.OTHER .. "\").")
   for _, r in ipairs(by_channel) do w.sample("vg_cost_usd", { { "channel", r.channel } }, tonumber(r.usd) + 0.0) end

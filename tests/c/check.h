@@ -86,6 +86,19 @@ static inline CHECK_FMT_(6) int check_str_(const char *file, int line, const cha
     check_mem_(__FILE__, __LINE__, #a " == " #b, (a), (an), (b), (bn), __VA_ARGS__)
 #define CHECK_STREQ(a, b, ...) check_str_(__FILE__, __LINE__, #a " == " #b, (a), (b), __VA_ARGS__)
 
+/* A check that cannot run here: "ok - name # SKIP why" (TAP's skip). */
+static inline CHECK_FMT_(2) void check_skip(const char *why, const char *fmt, ...)
+{
+    va_list ap;
+    check_run_++;
+    fputs("ok - ", stdout);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf(" # SKIP %s\n", why);
+    fflush(stdout);
+}
+
 static inline int check_done(void)
 {
     printf("1..%d\n# %d passed, %d failed\n", check_run_, check_run_ - check_failed_, check_failed_);

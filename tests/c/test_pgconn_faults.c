@@ -1,17 +1,22 @@
 /* pgconn's state machine walked through real faults against a real server
  * (TEST_DATABASE_URL, the throw-away cluster of tests/pgtmp.sh): a backend
  * terminated in the middle of a query and while idle, a query cancelled on
- * the server, a COPY, and, on sockets this test owns, a server that hangs
- * up in the middle of the start-up and one that never answers. Each case
- * checks the events and states pgconn reports, and that the loop ends with
- * nothing left open (run under ASan by make test). Without
- * TEST_DATABASE_URL the server cases are skipped. */
+ * the server, a COPY, the server stopped in the middle of a connect and
+ * started again, and, on sockets this test owns, a server that hangs up in
+ * the middle of the start-up and one that never answers. Each case checks
+ * the events and states pgconn reports, and that the loop ends with nothing
+ * left open (run under ASan by make test). Without TEST_DATABASE_URL the
+ * server cases are skipped; the stop and start need the cluster's folder
+ * too (PGTMP_DIR, set by tests/run.sh when the cluster is its own), and are
+ * skipped without it. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -182,6 +187,100 @@ static void test_copy(void)
     close_conn(c);
 }
 
+/* ---- the server stopped mid-connect, then started again ---------------- */
+
+static const char *pgtmp_dir;   /* PGTMP_DIR: the cluster tests/pgtmp.sh made */
+static bool server_down;        /* halted by this test and not yet back */
+
+/* sh tests/pgtmp.sh CMD PGTMP_DIR, its output on stderr (stdout carries the
+ * TAP lines). True when it exits 0. */
+static bool pgtmp(const char *cmd)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) return false;
+    if (pid == 0) {
+        if (dup2(STDERR_FILENO, STDOUT_FILENO) < 0) _exit(127);
+        execlp("sh", "sh", "tests/pgtmp.sh", cmd, pgtmp_dir, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return false;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+/* Whatever happened to the checks in between, the suites after this one
+ * find the server running (atexit: also when the test ends early). */
+static void bring_server_back(void)
+{
+    if (server_down && pgtmp("restart")) server_down = false;
+}
+
+/* libpq's words for a server that went away during the start-up. */
+static bool says_server_went_away(const char *err)
+{
+    return strstr(err, "closed the connection") || strstr(err, "startup packet") ||
+           strstr(err, "reset by peer") || strstr(err, "terminat");
+}
+
+static void test_server_stopped_mid_connect(void)
+{
+    const char *what = "the server stopped mid-connect and started again";
+    if (!pgtmp_dir) {
+        check_skip("PGTMP_DIR is not set (the cluster is not this test's own)", "%s", what);
+        return;
+    }
+    if (access("tests/pgtmp.sh", R_OK) != 0) {
+        check_skip("tests/pgtmp.sh is not in the working directory", "%s", what);
+        return;
+    }
+    seen_t s;
+    memset(&s, 0, sizeof s);
+    vg_pgconn_t *c = open_conn((const char *const *)keys, (const char *const *)vals, 30, &s);
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_CONNECTING, "a connect is in progress");
+    /* The loop does not run while the server goes down, so the connect is
+     * caught between its TCP connection and the server's answer to the
+     * start-up packet: the backend that took it is killed (immediate
+     * mode) before it could answer. */
+    server_down = true;
+    bool halted = pgtmp("halt");
+    CHECK(halted, "the server stops in immediate mode while the connect is in progress");
+    if (halted) {
+        CHECK(run_until(&s.connect_failed), "the connect fails");
+        CHECK(s.connected == 0 && s.broken == 0, "reported once, as CONNECT_FAILED");
+        CHECK(vg_pgconn_state(c) == VG_PGCONN_BROKEN, "the connection is BROKEN");
+        const char *err = vg_pgconn_error(c); /* its first line in the TAP line */
+        CHECK(says_server_went_away(err), "the error says the server went away: %.*s",
+              (int)strcspn(err, "\n"), err);
+        CHECK(vg_pgconn_pid(c) == 0, "it has no backend");
+        CHECK(vg_pgconn_send(c, "select 1", -1, NULL, NULL, NULL, NULL, on_done, &s) == -1,
+              "and takes no query");
+    }
+    close_conn(c);
+
+    if (halted) { /* down: refused at once, not left hanging */
+        memset(&s, 0, sizeof s);
+        c = open_conn((const char *const *)keys, (const char *const *)vals, 30, &s);
+        CHECK(run_until(&s.connect_failed), "a connect while the server is down fails");
+        char human[256];
+        const char *kind = "";
+        vg_pgconn_explain(vg_pgconn_error(c), human, sizeof human, &kind);
+        CHECK(strcmp(kind, "refused") == 0, "as refused: %s", human);
+        close_conn(c);
+    }
+
+    bool back = pgtmp("restart");
+    if (back) server_down = false;
+    CHECK(back, "the server starts again");
+    c = connect_ok(&s);
+    CHECK(vg_pgconn_send(c, "select 1", -1, NULL, NULL, NULL, NULL, on_done, &s) == 0 &&
+              run_until(&s.done) && PQresultStatus(s.res) == PGRES_TUPLES_OK,
+          "a new connection works once it is back");
+    PQclear(s.res);
+    close_conn(c);
+}
+
 /* A TCP listener on 127.0.0.1 this test owns; returns its fd and port. */
 static int listen_local(int *port)
 {
@@ -273,6 +372,9 @@ static bool parse_url(const char *url)
 int main(void)
 {
     loop = uv_default_loop();
+    pgtmp_dir = getenv("PGTMP_DIR");
+    if (pgtmp_dir && !*pgtmp_dir) pgtmp_dir = NULL;
+    if (atexit(bring_server_back) != 0) return 1;
     test_hang_up_mid_connect();
     test_silent_server();
     const char *url = getenv("TEST_DATABASE_URL");
@@ -281,6 +383,7 @@ int main(void)
         test_terminated_while_idle();
         test_cancel();
         test_copy();
+        test_server_stopped_mid_connect();
         for (size_t i = 0; keys[i]; i++) {
             free(keys[i]);
             free(vals[i]);
