@@ -28,7 +28,7 @@ endif
 OBJ      := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRC))
 LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 
-.PHONY: all deps test test-c test-asan asan demo bench bench-smoke chaos install clean check-deps image-test test-e2e pgbouncer-fleet claim-matrix
+.PHONY: all deps test test-c test-asan asan demo bench bench-scale bench-smoke chaos install clean check-deps image-test test-e2e pgbouncer-fleet claim-matrix
 
 all: $(BUILD)/vg-host
 
@@ -72,17 +72,28 @@ demo: deps all
 image-test: deps
 	@sh tests/image.sh
 
+# Everything (bench/README.md): the main table (about 6 minutes), then the
+# scale matrix (about 8): about 14 minutes on the 2-CPU machine.
 bench: deps all
 	@sh bench/run.sh
 
+# Only the scale matrix: channels x channels with work x backlog, workers
+# against a plain FIFO SKIP LOCKED claim, and enqueue with and without the
+# fair-key trigger; about 8 minutes (most of it the ten cells' three rounds;
+# building the five 1,000,000-task queues takes under 2).
+bench-scale: deps all
+	@BENCH_PARTS=scale sh bench/run.sh
+
+# Everything at tiny sizes, about a minute; part of make test.
 bench-smoke: all
 	@BENCH_SMOKE=1 sh bench/run.sh
 
 # The claim statement alone at 10 to 10,000 channels against the claim
 # before sql/005 and a plain FIFO SKIP LOCKED claim, and enqueue with and
-# without the fair-key trigger (bench/claim_matrix.sh; about 4 minutes).
+# without the fair-key trigger (bench/run.sh with BENCH_PARTS=claims;
+# about 4 minutes).
 claim-matrix: deps all
-	@sh bench/claim_matrix.sh
+	@BENCH_PARTS=claims sh bench/run.sh
 
 # 50 workers behind one PgBouncer against max_connections = 100 complete
 # 5,000 tasks (tests/pgbouncer_fleet.sh); about a minute; not in make test.

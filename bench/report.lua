@@ -1,6 +1,6 @@
--- bench/report.lua: the benchmark's table (markdown) and notes, made from
--- the driver's results; no I/O. Targets are those of issue 6; "met" and
--- "missed" are information, never assertions.
+-- bench/report.lua: the benchmark's tables (markdown) and notes, made from
+-- the driver's results; no I/O. Targets are those of issues 6 and 13;
+-- "met" and "missed" are information, never assertions.
 local M = {}
 
 local function fmt(v, digits)
@@ -22,6 +22,33 @@ end
 local function share(a, b)
   if not a or not b or b == 0 then return nil end
   return a / b
+end
+
+-- A markdown table, columns padded; left: the columns aligned left (the
+-- others are figures, aligned right).
+local function markdown(head, rows, left)
+  local w = {}
+  for i, h in ipairs(head) do w[i] = #h end
+  for _, r in ipairs(rows) do
+    for i = 1, #head do w[i] = math.max(w[i], #(r[i] or "")) end
+  end
+  local out = {}
+  local function line(r)
+    local cells = {}
+    for i = 1, #head do
+      local c = r[i] or ""
+      cells[i] = left[i] and (c .. string.rep(" ", w[i] - #c)) or (string.rep(" ", w[i] - #c) .. c)
+    end
+    out[#out + 1] = "| " .. table.concat(cells, " | ") .. " |"
+  end
+  line(head)
+  local sep = {}
+  for i = 1, #head do
+    sep[i] = string.rep("-", w[i] + 1) .. (left[i] and "-" or ":")
+  end
+  out[#out + 1] = "|" .. table.concat(sep, "|") .. "|"
+  for _, r in ipairs(rows) do line(r) end
+  return out
 end
 
 local function build_table(results, targets)
@@ -51,6 +78,12 @@ local function build_table(results, targets)
   end
   tput("throughput 1 worker x 1, tasks/s", "1x1", "single-1", "share")
   tput("throughput 1 worker x 10, tasks/s", "1x10", "single-10", "share")
+  local rf, t10 = R["fifo-10"], T["1x10"]
+  local shf = share(t10 and t10.tasks_per_s, rf and rf.tasks_per_s)
+  row("raw only: plain FIFO SKIP LOCKED claim-and-complete, 10 clients, tasks/s (share: 1 worker x 10)", "",
+      rf and (fmt(rf.tasks_per_s) .. (rf.stopped_at_limit and " *" or "")) or "n/a",
+      shf and string.format("%.0f%%", shf * 100) or "n/a", "", "")
+  row("  CPU ms/task: PostgreSQL", "", rf and ("- / " .. fmt(rf.pg_cpu_ms_per_task, 3)) or "", "", "", "")
   tput("throughput 2 workers x 10, tasks/s (raw: 10 clients)", "2x10", "single-10", nil)
   local bc = results.params.batch_concurrency or 0
   tput(string.format("throughput batched 1 worker x %d, tasks/s (raw: 2 clients, %d per claim)",
@@ -133,40 +166,12 @@ local function build_table(results, targets)
     row("start and stop", "failed", "", "", "", "")
   end
 
-  local head = { "measure", "vg-host", "raw (pgbench)", "share", "target", "result" }
-  local w = {}
-  for i, h in ipairs(head) do w[i] = #h end
-  for _, r in ipairs(rows) do
-    for i = 1, #head do w[i] = math.max(w[i], #(r[i] or "")) end
-  end
-  local out = {}
-  local function line(r)
-    local cells = {}
-    for i = 1, #head do
-      local c = r[i] or ""
-      cells[i] = (i == 1 or i == 5) and (c .. string.rep(" ", w[i] - #c)) or (string.rep(" ", w[i] - #c) .. c)
-    end
-    out[#out + 1] = "| " .. table.concat(cells, " | ") .. " |"
-  end
-  line(head)
-  local sep = {}
-  for i = 1, #head do
-    sep[i] = string.rep("-", w[i] + 1) .. ((i == 1 or i == 5) and "-" or ":")
-  end
-  out[#out + 1] = "|" .. table.concat(sep, "|") .. "|"
-  for _, r in ipairs(rows) do line(r) end
-  return out
+  return markdown({ "measure", "vg-host", "raw (pgbench)", "share", "target", "result" }, rows, { [1] = true, [5] = true })
 end
 
 -- Lines to print (header, table, notes), the table's lines, the notes, and
 -- the target list for the JSON.
-function M.render(results, P)
-  local targets = {}
-  local tbl = build_table(results, targets)
-  local header = string.format("vg-host benchmarks %s; %d CPU (%s); PostgreSQL %s (fsync %s); "
-    .. "load average at start %s%s", results.date, results.machine.nproc or 0, results.machine.cpu or "?",
-    results.machine.postgres or "?", results.machine.fsync or "?",
-    results.machine.load_average_start or "?", results.smoke and "; SMOKE sizes, figures meaningless" or "")
+local function main_notes(results, P)
   local notes = {
     string.format("Throughput: %d noop tasks queued over %d channels before each run; runs end when "
       .. "the queue is empty or after %s s (* = stopped at that limit; rate from the tasks done); "
@@ -192,10 +197,125 @@ function M.render(results, P)
     notes[#notes + 1] = string.format("Idle statements in %s s: %s.", fmt(results.idle.seconds, 0),
       #parts > 0 and table.concat(parts, ", ") or "none")
   end
-  local lines = { header, "" }
-  for _, l in ipairs(tbl) do lines[#lines + 1] = l end
+  return notes
+end
+
+local function pair(a, b, digits)
+  if a == nil and b == nil then return "n/a" end
+  return fmt(a, digits) .. " / " .. fmt(b, digits)
+end
+
+-- The scale matrix (bench/scale.lua): two tables (rates, claim latency),
+-- the targets and the enqueue figures.
+local function scale_lines(sc, targets)
+  local p = sc.params
+  local lines = { "", string.format("Scale matrix: each cell's queue built once and copied for every run; a run "
+    .. "lasts %s s or until half the backlog is done; medians of %d interleaved round(s). 1 x 10: one worker, "
+    .. "VG_CONCURRENCY 10, unbatched; batch: one worker, VG_BATCH=on, VG_CONCURRENCY %d; FIFO: pgbench, %d "
+    .. "clients, the plain FIFO SKIP LOCKED claim-and-complete.", fmt(p.seconds, 0), p.rounds,
+    p.batch_concurrency, p.clients), "" }
+  local rates, lat = {}, {}
+  for _, c in ipairs(sc.cells or {}) do
+    local w, b, f = c["1x10"], c.batch, c.fifo
+    local sh = c.share_of_fifo and c.share_of_fifo.median
+    rates[#rates + 1] = { c.queued, c.label, fmt(w.tasks_per_s), fmt(b.tasks_per_s), fmt(f.tasks_per_s),
+      sh and string.format("%.0f%%", sh * 100) or "n/a", pair(w.pg_cpu_ms_per_task, f.pg_cpu_ms_per_task, 3) }
+    lat[#lat + 1] = { c.queued, c.label, pair(w.claim_p50_ms, w.claim_p99_ms, 2),
+      pair(w.claim_mean_ms, w.claim_sd_ms, 3), pair(b.claim_p50_ms, b.claim_p99_ms, 2),
+      fmt(b.claim_mean_ms, 3), pair(f.transaction_p50_ms, f.transaction_p99_ms, 2), fmt(f.claim_mean_ms, 3) }
+  end
+  for _, l in ipairs(markdown({ "queued", "channels x with work", "1 x 10, tasks/s", "batch, tasks/s",
+      "FIFO raw, tasks/s", "1 x 10 / FIFO", "PostgreSQL CPU ms/task, 1 x 10 / FIFO" }, rates,
+      { [2] = true })) do lines[#lines + 1] = l end
   lines[#lines + 1] = ""
-  for _, n in ipairs(notes) do lines[#lines + 1] = n end
+  for _, l in ipairs(markdown({ "queued", "channels x with work", "1 x 10 claim p50 / p99, ms",
+      "1 x 10 claim execution mean / sd, ms", "batch claim p50 / p99, ms", "batch claim execution mean, ms",
+      "FIFO raw transaction p50 / p99, ms", "FIFO claim execution mean, ms" }, lat,
+      { [2] = true })) do lines[#lines + 1] = l end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "Claim p50 / p99: each claim's round trip as the worker timed it (bench/timed_worker.lua). "
+    .. "Claim execution: the claim statement's mean (and standard deviation) execution time in "
+    .. "pg_stat_statements. FIFO transaction: pgbench's per-transaction log (claim and complete)."
+  lines[#lines + 1] = ""
+  local rows = {}
+  for _, t in ipairs(sc.targets or {}) do
+    local v = t.ratio.median
+    local parts = {}
+    for _, r in ipairs(t.ratio.rounds) do parts[#parts + 1] = fmt(r, 2) end
+    local result = t.met == nil and "n/a" or (t.met and "met" or "**missed**")
+    rows[#rows + 1] = { t.measure, fmt(v, 2) .. " (" .. table.concat(parts, ", ") .. ")",
+                        t.cmp .. " " .. fmt(t.bound, 2), result }
+    targets[#targets + 1] = { measure = t.measure, value = v, target = t.cmp .. " " .. t.bound, met = t.met }
+  end
+  for _, l in ipairs(markdown({ "ratio (median of the rounds' ratios)", "measured (each round)", "target", "result" },
+      rows, { [1] = true, [3] = true })) do lines[#lines + 1] = l end
+  local e = sc.enqueue
+  if e then
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = string.format("Enqueue, %d pgbench producers, single-row INSERTs, medians of %d round(s) "
+      .. "of %s s: over 10 channels %s/s into tasks and %s/s into a copy without the fair-key trigger (%s); "
+      .. "all on one channel %s/s and %s/s (%s).", e.producers, #e.rounds, fmt(e.seconds, 0),
+      fmt(e.spread, 0), fmt(e.spread_copy, 0), fmt(e.ratio, 2), fmt(e.one, 0), fmt(e.one_copy, 0),
+      fmt(e.ratio_one, 2))
+  end
+  return lines
+end
+
+-- The claim matrix (make claim-matrix).
+local function claims_lines(cl)
+  local p = cl.params
+  local lines = { "", string.format("Claim matrix: pgbench, %d clients, claim-and-complete, one task per "
+    .. "transaction; a run lasts %s s or until half the backlog is done; ms: the claim statement's mean "
+    .. "execution time (pg_stat_statements). fair: this tree's CLAIM_SQL; probe: the claim before "
+    .. "sql/005 (%s); fifo: ORDER BY id FOR UPDATE SKIP LOCKED.", p.clients, fmt(p.seconds, 0),
+    cl.probe_ref or "not run"), "" }
+  local rows = {}
+  for _, c in ipairs(cl.cells or {}) do
+    local r = { c.queued, c.label }
+    for _, k in ipairs({ "fair", "probe", "fifo" }) do
+      r[#r + 1] = c[k] and fmt(c[k].tasks_per_s) or "n/a"
+      r[#r + 1] = c[k] and fmt(c[k].claim_mean_ms, 3) or "n/a"
+    end
+    rows[#rows + 1] = r
+  end
+  for _, l in ipairs(markdown({ "queued", "channels x with work", "fair tasks/s", "fair ms", "probe tasks/s",
+      "probe ms", "fifo tasks/s", "fifo ms" }, rows, { [2] = true })) do lines[#lines + 1] = l end
+  local e = cl.enqueue
+  if e then
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = string.format("Enqueue, %d producers, medians of %d round(s) of %s s: over 10 channels "
+      .. "%s/s with the fair-key trigger, %s/s into a copy without it (%s); on one channel %s/s, %s/s (%s).",
+      e.producers, #e.rounds, fmt(e.seconds, 0), fmt(e.spread, 0), fmt(e.spread_copy, 0), fmt(e.ratio, 2),
+      fmt(e.one, 0), fmt(e.one_copy, 0), fmt(e.ratio_one, 2))
+  end
+  return lines
+end
+
+-- Lines to print (header, tables, notes), the main table's lines, the
+-- notes, and the target list for the JSON.
+function M.render(results, P)
+  local targets = {}
+  local header = string.format("vg-host benchmarks %s; %d CPU (%s); PostgreSQL %s (fsync %s); "
+    .. "load average at start %s%s", results.date, results.machine.nproc or 0, results.machine.cpu or "?",
+    results.machine.postgres or "?", results.machine.fsync or "?",
+    results.machine.load_average_start or "?", results.smoke and "; SMOKE sizes, figures meaningless" or "")
+  local lines, tbl, notes = { header }, {}, {}
+  local main = false
+  for _, part in ipairs(results.parts or { "main" }) do main = main or part == "main" end
+  if main then
+    tbl = build_table(results, targets)
+    notes = main_notes(results, P)
+    lines[#lines + 1] = ""
+    for _, l in ipairs(tbl) do lines[#lines + 1] = l end
+    lines[#lines + 1] = ""
+    for _, n in ipairs(notes) do lines[#lines + 1] = n end
+  end
+  if results.scale then
+    for _, l in ipairs(scale_lines(results.scale, targets)) do lines[#lines + 1] = l end
+  end
+  if results.claims then
+    for _, l in ipairs(claims_lines(results.claims)) do lines[#lines + 1] = l end
+  end
   return lines, tbl, notes, targets
 end
 

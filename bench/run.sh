@@ -1,5 +1,6 @@
 #!/bin/sh
-# bench/run.sh: the benchmarks (make bench, make bench-smoke; issue 6).
+# bench/run.sh: the benchmarks (make bench, make bench-scale, make
+# claim-matrix, make bench-smoke; issues 6 and 13).
 #
 #   sh bench/run.sh [--tap]
 #
@@ -13,8 +14,12 @@
 # also on failure or Ctrl-C.
 #
 # Environment:
-#   BENCH_SMOKE=1        tiny sizes (200 tasks, 10 pickups, 3 s idle): checks
-#                        that every measurement still runs; figures meaningless
+#   BENCH_PARTS          what to run: main (the main table), scale (the scale
+#                        matrix), claims (the claim matrix, against the claim
+#                        before sql/005); default "main scale"
+#   BENCH_SMOKE=1        tiny sizes (200 tasks, 10 pickups, 3 s idle, 2 matrix
+#                        cells of 300 tasks): checks that every measurement
+#                        still runs; figures meaningless
 #   BENCH_OUT            where the JSON goes
 #   BENCH_VG_HOST        the vg-host binary (default build/vg-host)
 #   BENCH_PGBENCH        the pgbench binary (default: the server's version)
@@ -23,8 +28,12 @@
 #                        (unnamed statements; the workers then run with
 #                        VG_DB_PREPARE=off) or simple
 #   BENCH_TASKS, BENCH_CHANNELS, BENCH_RUN_SECONDS, BENCH_PICKUPS,
-#   BENCH_IDLE_SECONDS, BENCH_REPEAT, BENCH_BATCH_CONCURRENCY
-#                        override the sizes (see bench/driver.lua)
+#   BENCH_IDLE_SECONDS, BENCH_REPEAT, BENCH_BATCH_CONCURRENCY,
+#   BENCH_SCALE_MATRIX, BENCH_SCALE_BACKLOGS, BENCH_SCALE_ROUNDS,
+#   BENCH_SCALE_SECONDS, BENCH_ENQUEUE_ROUNDS, BENCH_ENQUEUE_SECONDS
+#                        override the sizes (see bench/README.md)
+#   BENCH_CLAIMS_REF     the claim matrix's "before" commit (default: the one
+#                        before sql/005_fair_keys.sql was added)
 #   BENCH_KEEP=1         keep the temp folder (worker logs, pgbench scripts)
 #   BENCH_LUA_DIR        run the workers from another copy of lua/ (and make
 #                        the pgbench scripts from its vg/queue.lua): compare
@@ -43,15 +52,19 @@ TAP=0
 for a in "$@"; do
     case $a in
         --tap) TAP=1 ;;
-        -h|--help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "usage: sh bench/run.sh [--tap]" >&2; exit 2 ;;
     esac
 done
 
 SMOKE=${BENCH_SMOKE:-0}
 case $SMOKE in 1|yes|on|true) SMOKE=1 ;; *) SMOKE=0 ;; esac
+PARTS=${BENCH_PARTS:-main scale}
 if [ -z "${BENCH_OUT:-}" ]; then
-    if [ $SMOKE = 1 ]; then BENCH_OUT=$ROOT/build/bench-smoke.json; else BENCH_OUT=$ROOT/build/bench.json; fi
+    if [ $SMOKE = 1 ]; then BENCH_OUT=$ROOT/build/bench-smoke.json
+    elif [ "$PARTS" = scale ]; then BENCH_OUT=$ROOT/build/bench-scale.json
+    elif [ "$PARTS" = claims ]; then BENCH_OUT=$ROOT/build/claim-matrix.json
+    else BENCH_OUT=$ROOT/build/bench.json; fi
 fi
 # Not VG_HOST_BIN: tests/run.sh leaves that pointing at the sanitizer build.
 VG_HOST=${BENCH_VG_HOST:-$ROOT/build/vg-host}
@@ -95,8 +108,13 @@ cleanup() {
         done <"$BENCH_TMP/pids"
     fi
     if [ -n "$DB" ] && [ -z "$OWN_PG" ]; then
-        "$PSQL" -X -q -d "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 ||
-            say "could not drop database $DB"
+        # With the driver's own (bench/scale.lua: ${DB}_...), when it could
+        # not drop them itself.
+        for d in $DB $("$PSQL" -X -q -t -A -d "$ADMIN_URL" -c "SELECT datname FROM pg_database
+                        WHERE datname LIKE '${DB}\\_%'" 2>/dev/null); do
+            "$PSQL" -X -q -d "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 ||
+                say "could not drop database $d"
+        done
     fi
     if [ -n "$OWN_PG" ]; then
         sh tests/pgtmp.sh stop "$OWN_PG" >/dev/null 2>&1 || say "could not stop the cluster in $OWN_PG"
@@ -168,6 +186,27 @@ BENCH_URL=$(url_with_db "$ADMIN_URL" "$DB")
 if ! LOG_LEVEL=warning DATABASE_URL=$BENCH_URL "$VG_HOST" "$LUA_DIR/migrate.lua" >"$BENCH_TMP/migrate.log" 2>&1; then
     fail "lua/migrate.lua failed:" "$(tail -n 20 "$BENCH_TMP/migrate.log")"
 fi
+
+# The claim matrix's "before": a database with the schema of BENCH_CLAIMS_REF
+# (its sql/ files in order) and that commit's vg/queue.lua.
+OLD_DB= OLD_LUA= OLD_REF=
+case " $PARTS " in
+    *" claims "*)
+        OLD_REF=${BENCH_CLAIMS_REF:-$(git log --diff-filter=A --format=%H -n 1 -- sql/005_fair_keys.sql)~1}
+        OLD_REF=$(git rev-parse --short "$OLD_REF" 2>/dev/null) || fail "BENCH_CLAIMS_REF: no such commit"
+        OLD_DB=${DB}_old
+        OLD_LUA=$BENCH_TMP/old/lua
+        mkdir -p "$OLD_LUA/vg"
+        git show "$OLD_REF:lua/vg/queue.lua" >"$OLD_LUA/vg/queue.lua" || fail "git show $OLD_REF failed"
+        "$PSQL" -X -q -d "$ADMIN_URL" -c "CREATE DATABASE $OLD_DB" >/dev/null 2>&1 ||
+            fail "could not create database $OLD_DB"
+        for f in $(git ls-tree --name-only "$OLD_REF" sql/ | grep '\.sql$'); do
+            git show "$OLD_REF:$f"
+        done | "$PSQL" -X -q -v ON_ERROR_STOP=1 -d "$(url_with_db "$ADMIN_URL" "$OLD_DB")" >"$BENCH_TMP/old.log" 2>&1 ||
+            fail "the schema of $OLD_REF failed:" "$(tail -n 20 "$BENCH_TMP/old.log")"
+        ;;
+esac
+
 [ $TAP = 1 ] && echo "ok 1 - benchmark database ready ($DB, migrated)"
 
 # ---------------------------------------------------------------- the driver
@@ -175,6 +214,7 @@ fi
 mkdir -p "$(dirname "$BENCH_OUT")"
 LOG_LEVEL=error VG_SHUTDOWN_GRACE=5 BENCH_ROOT=$ROOT BENCH_URL=$BENCH_URL BENCH_TMP=$BENCH_TMP BENCH_VG_HOST=$VG_HOST \
 BENCH_PGBENCH=$PGBENCH BENCH_SMOKE=$SMOKE BENCH_TAP=$TAP BENCH_TAP_START=2 BENCH_OUT=$BENCH_OUT \
+BENCH_PARTS=$PARTS BENCH_OLD_DB=$OLD_DB BENCH_OLD_LUA=$OLD_LUA BENCH_OLD_REF=$OLD_REF \
 BENCH_LUA_DIR=$LUA_DIR LUA_PATH_5_4="$LUA_DIR/?.lua;$ROOT/bench/?.lua;;" \
     "$VG_HOST" bench/driver.lua
 rc=$?
