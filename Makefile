@@ -67,8 +67,10 @@ demo: deps all
 	@sh scripts/demo.sh
 
 # Build the Dockerfile with podman and run the image against a throw-away
-# PostgreSQL (tests/image.sh); without a working engine, it says so and runs
-# the build stage's commands over the files its COPY lines name.
+# PostgreSQL, with every Railway config's start command split as Railway
+# splits it (tests/image.sh); without a working engine, it says so, runs the
+# build stage's commands over the files its COPY lines name and still checks
+# the configs. VG_IMAGE=TAG VG_IMAGE_KEEP=1 keeps the image.
 image-test: deps
 	@sh tests/image.sh
 
@@ -96,7 +98,7 @@ claim-matrix: deps all
 	@BENCH_PARTS=claims sh bench/run.sh
 
 # 50 workers behind one PgBouncer against max_connections = 100 complete
-# 5,000 tasks (tests/pgbouncer_fleet.sh); about a minute; not in make test.
+# 5,000 tasks (tests/pgbouncer_fleet.sh); about 20 s; not in make test.
 pgbouncer-fleet: deps all
 	@sh tests/pgbouncer_fleet.sh
 

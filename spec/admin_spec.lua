@@ -68,6 +68,22 @@ describe_db("lua/enqueue.lua and lua/status.lua", function()
     assert.equal("pending", row.status)
   end)
 
+  it("is quiet at info: the id on stdout, nothing on stderr; its log lines go to stderr", function()
+    local r = enqueue { "--create-channel", "--channel", "adm-q", "--pipeline", "noop", "{}" }
+    assert.equal(0, r.code, r.stderr)
+    assert.truthy(r.stdout:match("^%d+\n$"), "stdout was: " .. r.stdout)
+    assert.equal("", r.stderr)
+    -- At debug the pool's normal close shows, on stderr, stdout still only the id.
+    local argv = { "lua/enqueue.lua", "--channel", "adm-q", "--pipeline", "noop", "{}" }
+    local d = host.run(argv, { env = host.env { DATABASE_URL = tdb.url, LOG_LEVEL = "debug" } })
+    assert.equal(0, d.code, d.stderr)
+    assert.truthy(d.stdout:match("^%d+\n$"), "stdout was: " .. d.stdout)
+    local closed = host.find(host.lines(d.stderr), "database_connections_closed")
+    assert.is_not_nil(closed, "stderr was: " .. d.stderr)
+    assert.equal("debug", closed.level)
+    assert.is_false(closed.forced)
+  end)
+
   it("delays a task with --run-at +SECONDS", function()
     local r = enqueue { "--create-channel", "--channel", "adm-1", "--run-at", "+120", "{}" }
     assert.equal(0, r.code, r.stderr)

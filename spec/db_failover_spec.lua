@@ -347,6 +347,27 @@ describe("process level", function()
     assert.is_not_nil(find(lines, "database_connections_closed")[1])
   end)
 
+  it("logs a normal pool close at debug level and a forced one as a warning", function()
+    local res, lines = run_script([[
+      local vg = require "vg"
+      local db = require "vg.db"
+      local calm = db.pool { url = os.getenv("DATABASE_URL") }
+      calm:query("select 1")
+      assert(calm:close(5))
+      local busy = db.pool { url = os.getenv("DATABASE_URL"), pool_size = 1 }
+      local q = vg.spawn(function() return pcall(busy.query, busy, "select pg_sleep(5)") end)
+      while busy:stats().checked_out == 0 do vg.sleep(0.05) end
+      vg.sleep(0.1)
+      assert(not busy:close(0.1))
+      q:join()
+    ]], { LOG_LEVEL = "info" })
+    assert.equal(0, res.code, res.stdout .. res.stderr)
+    local closed = find(lines, "database_connections_closed")
+    assert.equal(1, #closed, res.stdout)
+    assert.equal("warning", closed[1].level)
+    assert.is_true(closed[1].forced)
+  end)
+
   it("wakes a task waiting for a notification at once on SIGTERM", function()
     local path = os.tmpname() .. ".lua"
     local f = assert(io.open(path, "w"))
@@ -360,7 +381,7 @@ describe("process level", function()
       db.close()
     ]])
     f:close()
-    local p = proc.spawn({ BIN, path }, { env = { DATABASE_URL = URL } })
+    local p = proc.spawn({ BIN, path }, { env = { DATABASE_URL = URL, LOG_LEVEL = "debug" } })
     local ok = p:wait_output('"event":"waiting_now"', 20, { plain = true })
     os.remove(path)
     assert.is_truthy(ok)

@@ -598,7 +598,10 @@ static int close_finish(lua_State *L, l_pool_t *lp, bool forced)
 {
     vg_pgpool_stats_t s;
     vg_pgpool_stats(lp->pool, &s);
-    vg_log(VG_LOG_INFO, "database_connections_closed",
+    /* A normal close is routine (every admin script ends with one): debug,
+     * so scripts stay quiet at info. Connections closed by force after the
+     * timeout mean queries were cut off: a warning. */
+    vg_log(forced ? VG_LOG_WARNING : VG_LOG_DEBUG, "database_connections_closed",
            VG_F_STR("host", vg_pgpool_describe(lp->pool)),
            VG_F_INT("opened_total", s.opened_total), VG_F_INT("closed_total", s.closed_total),
            VG_F_BOOL("forced", forced), VG_F_END);

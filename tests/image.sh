@@ -4,7 +4,18 @@
 #   - the pre-deploy command (lua/migrate.lua);
 #   - a worker started with railway.json's startCommand (tini in front)
 #     completing a noop and a video task;
-#   - `podman stop -t 45`, ending in worker_shutdown and exit 0.
+#   - `podman stop -t 45`, ending in worker_shutdown and exit 0;
+#   - every other service config: railway.<service>.json at the root and
+#     each railway.json snippet in the README, its start command run in the
+#     image (a service until it is up, then stopped; a cron job until it
+#     exits 0).
+#
+# Start and pre-deploy commands are split into words the way Railway splits
+# them (tests/start_command.lua: shell-style quotes, no shell, no variable
+# expansion) and replace the image's ENTRYPOINT, as on Railway. Every config
+# is also checked without an engine: valid JSON, a command that splits, tini
+# first, the migrate pre-deploy command, drainingSeconds a number above
+# VG_SHUTDOWN_GRACE for a service.
 #
 #   sh tests/image.sh [--tap] [--if-engine]
 #
@@ -12,7 +23,8 @@
 # missing and run as root). No registry is needed: the FROM image is made
 # from Debian's archive with `debootstrap --variant=minbase bookworm`,
 # trimmed the way the official slim image is, and imported under the FROM
-# name; it is kept in podman's storage, so later runs skip that minute.
+# name (about half a minute); it is kept in podman's storage, so later runs
+# skip that step.
 # Build: podman build --pull=never --network host --isolation chroot.
 # Run:   podman run --runtime runc --network host with explicit ulimits (a
 # sandbox may not be allowed to raise limits, and crun may refuse its cgroup
@@ -27,7 +39,8 @@
 # Environment: VG_IMAGE_ENGINE=none (take the fallback, as if no engine
 # worked), TEST_DATABASE_URL (a server to use; default: tests/pgtmp.sh
 # starts one), VG_IMAGE (tag, default vg-host:image-test-PID),
-# VG_IMAGE_KEEP=1 (keep the image afterwards).
+# VG_IMAGE_KEEP=1 (keep the image afterwards, to run it by hand).
+# Needs jq and lua5.4 (make deps installs both).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -78,6 +91,9 @@ finish() {
 cleanup() {
     if command -v podman >/dev/null 2>&1; then
         podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
+        [ -f "$WORK/containers" ] && while read -r c; do
+            podman rm -f -t 0 "$c" >/dev/null 2>&1 || true
+        done <"$WORK/containers"
         [ "${VG_IMAGE_KEEP:-0}" = 1 ] || podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
     fi
     [ -n "$PGDIR" ] && sh tests/pgtmp.sh stop "$PGDIR" >/dev/null 2>&1
@@ -85,6 +101,102 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------ the Railway configs
+
+# Every service config a user may deploy, one file each under $WORK/configs,
+# listed in $WORK/configs.list as "FILE<tab>LABEL": railway.json, each
+# railway.<service>.json at the root, and each railway.json snippet in the
+# README (an indented block from a line "{" to its "}" that holds a
+# startCommand).
+collect_configs() {
+    mkdir -p "$WORK/configs"
+    : >"$WORK/configs.list"
+    for f in railway.json railway.*.json; do
+        [ -f "$f" ] || continue
+        cp "$f" "$WORK/configs/$f"
+        printf '%s\t%s\n' "$WORK/configs/$f" "$f" >>"$WORK/configs.list"
+    done
+    awk -v dir="$WORK/configs" -v list="$WORK/configs.list" '
+        !inblk && /^    +[{]$/ { inblk = 1; pad = substr($0, 1, index($0, "{") - 1); buf = "" }
+        inblk { buf = buf substr($0, length(pad) + 1) "\n" }
+        inblk && $0 == pad "}" {
+            inblk = 0
+            if (buf ~ /"startCommand"/) {
+                n++
+                f = dir "/README-" n ".json"
+                printf "%s", buf > f
+                close(f)
+                printf "%s\tREADME snippet %d\n", f, n >> list
+            }
+        }' README.md
+}
+
+# split_command COMMAND OUT: COMMAND's words as Railway runs them, one a
+# line, into OUT; the reason on stderr when it cannot be run as it is.
+split_command() {
+    lua5.4 tests/start_command.lua "$1" >"$2"
+}
+
+# The checks that need no engine, for the config FILE named LABEL.
+check_config() {
+    f=$1
+    label=$2
+    if ! jq -e '.deploy | type == "object"' "$f" >/dev/null 2>"$WORK/jq.err"; then
+        not_ok "$label: a railway.json with a deploy section" "$(cat "$WORK/jq.err")"
+        return
+    fi
+    problems=""
+    start=$(jq -r '.deploy.startCommand // ""' "$f")
+    argv=""
+    if split_command "$start" "$WORK/words" 2>"$WORK/split.err"; then
+        [ "$(sed -n 1,2p "$WORK/words" | tr '\n' ' ')" = "/usr/bin/tini -- " ] ||
+            problems="$problems
+startCommand does not begin with /usr/bin/tini -- (Railway's start command replaces the ENTRYPOINT)"
+        argv=$(sed 's/.*/[&]/' "$WORK/words" | tr '\n' ' ')
+        # A word that opens like JSON (a payload) must be JSON once split.
+        while IFS= read -r w; do
+            case $w in
+                '{'*|'['*) printf '%s' "$w" | jq -e . >/dev/null 2>&1 ||
+                    problems="$problems
+the word $w is not JSON once split (quote a JSON argument with single quotes)" ;;
+            esac
+        done <"$WORK/words"
+    else
+        problems="$problems
+$(cat "$WORK/split.err")"
+    fi
+    pre=$(jq -r '.deploy.preDeployCommand // [] | if type == "array" then .[] else . end' "$f")
+    [ "$pre" = "vg-host lua/migrate.lua" ] ||
+        problems="$problems
+preDeployCommand is not [\"vg-host lua/migrate.lua\"] (a first deploy against an unmigrated database fails without it): ${pre:-none}"
+    if [ -z "$(jq -r '.deploy.cronSchedule // ""' "$f")" ]; then
+        ds=$(jq -r '.deploy.drainingSeconds | if type == "number" then tostring else "not a number (\(.))" end' "$f")
+        case $ds in
+            ''|*[!0-9]*) problems="$problems
+drainingSeconds is $ds: it must be a whole number above VG_SHUTDOWN_GRACE (30)" ;;
+            *) [ "$ds" -gt 30 ] || problems="$problems
+drainingSeconds is $ds: it must be above VG_SHUTDOWN_GRACE (30)" ;;
+        esac
+    fi
+    if [ -z "$problems" ]; then
+        ok "$label: runs as $argv(tini first, pre-deploy migrate)"
+    else
+        not_ok "$label: a start command Railway runs as it is, tini first, pre-deploy migrate" \
+            "start command: $start$problems"
+    fi
+}
+
+check_configs() {
+    for tool in jq lua5.4; do
+        command -v $tool >/dev/null 2>&1 ||
+            { not_ok "the Railway configs can be checked" "$tool is missing (make deps installs it)"; return; }
+    done
+    collect_configs
+    while IFS="$(printf '\t')" read -r f label; do
+        check_config "$f" "$label"
+    done <"$WORK/configs.list"
+}
 
 # ------------------------------------------------------------ the fallback
 
@@ -160,6 +272,7 @@ fallback() {
     done
     if [ -z "$miss" ]; then ok "every COPY source of the Dockerfile exists"
     else not_ok "every COPY source of the Dockerfile exists" "missing:$miss"; fi
+    check_configs
     finish
 }
 
@@ -203,7 +316,7 @@ make_base() {
         return 0
     fi
     rootfs=$WORK/rootfs
-    say "making $BASE_FULL with debootstrap --variant=minbase bookworm (about a minute, once)"
+    say "making $BASE_FULL with debootstrap --variant=minbase bookworm (about half a minute, once)"
     t0=$(date +%s)
     if ! debootstrap --variant=minbase bookworm "$rootfs" "$(mirror)" >"$WORK/debootstrap.log" 2>&1; then
         tail -n 20 "$WORK/debootstrap.log" >&2
@@ -264,6 +377,27 @@ fi
 
 RUN="podman run --runtime runc --network host --ulimit nofile=4096:4096 --ulimit nproc=8192:8192"
 
+# run_words WORDS_FILE PODMAN_RUN_OPTION...: podman run with those options,
+# the image, and the command in WORDS_FILE (one word a line), in place of
+# the image's ENTRYPOINT and CMD, as Railway runs a start command.
+run_words() {
+    wf=$1
+    shift
+    set -- "$@" --entrypoint '[]' "$IMAGE"
+    while IFS= read -r w; do set -- "$@" "$w"; done <"$wf"
+    # shellcheck disable=SC2086
+    $RUN "$@"
+}
+
+# A replica id as Railway gives one (a UUID); the worker_id then is the
+# service name, "-" and its first six characters.
+replica_id() {
+    od -An -N16 -tx1 /dev/urandom | tr -d ' \n' |
+        sed 's/^\(........\)\(....\)\(....\)\(....\)/\1-\2-\3-\4-/'
+}
+
+check_configs
+
 say "podman build --pull=never --network host --isolation chroot -t $IMAGE ."
 t0=$(date +%s)
 if podman build --pull=never --network host --isolation chroot -t "$IMAGE" -f Dockerfile . \
@@ -295,9 +429,9 @@ URL=$BASEURL/$DB
 KEY=$(head -c 32 /dev/urandom | base64 | tr '+/' '-_')
 
 # The pre-deploy command, as railway.json gives it.
-predeploy=$(sed -n 's/.*"preDeployCommand": *\[ *"\([^"]*\)".*/\1/p' railway.json)
-# shellcheck disable=SC2086
-if $RUN --rm -e DATABASE_URL="$URL" "$IMAGE" $predeploy >"$WORK/migrate.log" 2>&1 &&
+predeploy=$(jq -r '.deploy.preDeployCommand[0] // ""' railway.json)
+if split_command "$predeploy" "$WORK/predeploy.words" 2>"$WORK/migrate.log" &&
+        run_words "$WORK/predeploy.words" --rm -e DATABASE_URL="$URL" >"$WORK/migrate.log" 2>&1 &&
         grep -q '"event":"migrations_done"' "$WORK/migrate.log"; then
     ok "the pre-deploy command ($predeploy) migrates the database"
 else
@@ -318,11 +452,14 @@ case "$noop_id$video_id" in
 esac
 
 # The worker, started the way Railway starts it: railway.json's startCommand
-# replaces the image's ENTRYPOINT and CMD.
-start=$(sed -n 's/.*"startCommand": *"\([^"]*\)".*/\1/p' railway.json)
-# shellcheck disable=SC2086
-if ! $RUN -d --name "$NAME" --entrypoint '[]' -e DATABASE_URL="$URL" -e FERNET_KEY="$KEY" \
-        -e WORKER_ID=image-test -e VG_REVIEW_GATES=off "$IMAGE" $start >"$WORK/run.log" 2>&1; then
+# replaces the image's ENTRYPOINT and CMD. No WORKER_ID, as on a replicated
+# service: the worker_id comes from RAILWAY_SERVICE_NAME and RAILWAY_REPLICA_ID.
+start=$(jq -r '.deploy.startCommand // ""' railway.json)
+rep=$(replica_id)
+if ! split_command "$start" "$WORK/start.words" 2>"$WORK/run.log" ||
+        ! run_words "$WORK/start.words" -d --name "$NAME" -e DATABASE_URL="$URL" -e FERNET_KEY="$KEY" \
+        -e RAILWAY_SERVICE_NAME=worker -e RAILWAY_REPLICA_ID="$rep" -e VG_REVIEW_GATES=off \
+        >>"$WORK/run.log" 2>&1; then
     not_ok "the worker container starts ($start)" "$(cat "$WORK/run.log")"
     finish
 fi
@@ -371,6 +508,99 @@ esac
 grep -q '"event":"shutdown_signal_received"' "$WORK/worker.log" &&
     ok "the worker saw SIGTERM through tini" ||
     not_ok "the worker saw SIGTERM through tini" "$(tail -n 10 "$WORK/worker.log")"
+want_id=worker-$(printf '%s' "$rep" | cut -c1-6)
+grep -q "\"event\":\"worker_started\".*\"worker_id\":\"$want_id\"" "$WORK/worker.log" &&
+    ok "without WORKER_ID the replica's worker_id is $want_id (RAILWAY_SERVICE_NAME, RAILWAY_REPLICA_ID)" ||
+    not_ok "without WORKER_ID the replica's worker_id is $want_id" "$(grep worker_started "$WORK/worker.log")"
+
+# The other configs, started the same way: services first (they start, pass
+# their healthcheck, stop cleanly), then the cron jobs (they run to the end
+# and exit 0), so no worker picks up what a cron job enqueues.
+run_service() {
+    f=$1
+    label=$2
+    svc=$3
+    split_command "$(jq -r '.deploy.startCommand' "$f")" "$WORK/svc.words" 2>/dev/null || return 0
+    c=$NAME-$svc
+    echo "$c" >>"$WORK/containers"
+    port=$((20000 + ($$ + ${#svc}) % 20000))
+    rep=$(replica_id)
+    if ! run_words "$WORK/svc.words" -d --name "$c" -e DATABASE_URL="$URL" -e FERNET_KEY="$KEY" \
+            -e PORT="$port" -e RAILWAY_SERVICE_NAME="$svc" -e RAILWAY_REPLICA_ID="$rep" \
+            >"$WORK/svc.log" 2>&1; then
+        not_ok "$label: the service starts in the image" "$(cat "$WORK/svc.log")"
+        return 0
+    fi
+    deadline=$(( $(date +%s) + 60 ))
+    until podman logs "$c" 2>&1 | grep -Eq '"event":"(worker|web)_started"'; do
+        [ "$(podman inspect -f '{{.State.Running}}' "$c" 2>/dev/null)" = true ] || break
+        [ "$(date +%s)" -lt $deadline ] || break
+        sleep 1
+    done
+    started=$(podman logs "$c" 2>&1 | grep -E '"event":"(worker|web)_started"' | head -n 1)
+    pid1=$(podman exec "$c" cat /proc/1/cmdline 2>/dev/null | tr '\0' ' ')
+    health=""
+    hc=$(jq -r '.deploy.healthcheckPath // ""' "$f")
+    if [ -n "$hc" ] && [ -n "$started" ]; then
+        health=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$hc")
+    fi
+    podman stop -t 45 "$c" >/dev/null 2>&1
+    code=$(podman wait "$c" 2>/dev/null)
+    podman logs "$c" >"$WORK/svc.log" 2>&1
+    last=$(grep '^{' "$WORK/svc.log" | tail -n 1)
+    wid=$(printf '%s\n' "$started" | sed -n 's/.*"worker_id":"\([^"]*\)".*/\1/p')
+    tini=no
+    case $pid1 in */usr/bin/tini*) tini=yes ;; esac
+    case $last in *'"event":"worker_shutdown"'*) shut=yes ;; *) shut=no ;; esac
+    if [ -n "$started" ] && [ $tini = yes ] && [ "$code" = 0 ] && [ $shut = yes ] &&
+            { [ -z "$hc" ] || [ "$health" = 200 ]; }; then
+        ok "$label: starts in the image under tini (worker_id $wid)${hc:+, $hc answers $health}, stops with worker_shutdown and exit 0"
+        return 0
+    fi
+    not_ok "$label: starts in the image under tini${hc:+, passes its healthcheck}, stops with worker_shutdown and exit 0" \
+        "PID 1: $pid1" "${hc:+$hc: HTTP $health}" "exit code: $code" "$(tail -n 15 "$WORK/svc.log")"
+}
+run_cron() {
+    f=$1
+    label=$2
+    svc=$3
+    split_command "$(jq -r '.deploy.startCommand' "$f")" "$WORK/svc.words" 2>/dev/null || return 0
+    c=$NAME-$svc
+    echo "$c" >>"$WORK/containers"
+    if ! run_words "$WORK/svc.words" -d --name "$c" -e DATABASE_URL="$URL" -e FERNET_KEY="$KEY" \
+            -e RAILWAY_SERVICE_NAME="$svc" >"$WORK/cron.err" 2>&1; then
+        not_ok "$label: the cron job starts in the image" "$(cat "$WORK/cron.err")"
+        return 0
+    fi
+    # A cron job must end by itself (Railway skips a run while the last one
+    # still runs): at most 2 minutes here.
+    deadline=$(( $(date +%s) + 120 ))
+    while [ "$(podman inspect -f '{{.State.Running}}' "$c" 2>/dev/null)" = true ] &&
+            [ "$(date +%s)" -lt $deadline ]; do
+        sleep 1
+    done
+    podman stop -t 5 "$c" >/dev/null 2>&1
+    code=$(podman wait "$c" 2>/dev/null)
+    podman logs "$c" >"$WORK/cron.out" 2>"$WORK/cron.err"
+    podman rm -f -t 0 "$c" >/dev/null 2>&1
+    if [ "$code" = 0 ]; then
+        ok "$label: the cron job runs in the image and exits 0 (stdout: $(head -n 1 "$WORK/cron.out" | cut -c 1-50))"
+    else
+        not_ok "$label: the cron job runs in the image and exits 0" "exit code: $code" \
+            "$(tail -n 10 "$WORK/cron.out")" "$(tail -n 10 "$WORK/cron.err")"
+    fi
+}
+for pass in service cron; do
+    while IFS="$(printf '\t')" read -r f label; do
+        [ "$label" = railway.json ] && continue
+        svc=$(printf '%s' "$label" | sed -e 's/^railway\.\(.*\)\.json$/\1/' -e 's/^README snippet \([0-9]*\).*/readme-\1/')
+        if [ -n "$(jq -r '.deploy.cronSchedule // ""' "$f" 2>/dev/null)" ]; then
+            [ $pass = cron ] && run_cron "$f" "$label" "$svc" </dev/null
+        else
+            [ $pass = service ] && run_service "$f" "$label" "$svc" </dev/null
+        fi
+    done <"$WORK/configs.list"
+done
 
 psql -q "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 finish
