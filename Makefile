@@ -75,14 +75,14 @@ image-test: deps
 	@sh tests/image.sh
 
 # Everything (bench/README.md): the main table (about 6 minutes), then the
-# scale matrix (about 8): about 14 minutes on the 2-CPU machine.
+# scale matrix (8-15): 14-21 minutes on a 2-CPU machine, by its speed.
 bench: deps all
 	@sh bench/run.sh
 
 # Only the scale matrix: channels x channels with work x backlog, workers
 # against a plain FIFO SKIP LOCKED claim, and enqueue with and without the
-# fair-key trigger; about 8 minutes (most of it the ten cells' three rounds;
-# building the five 1,000,000-task queues takes under 2).
+# fair-key trigger; 8-15 minutes (the ten cells' three rounds, and building
+# the five 1,000,000-task queues: 2-7 minutes, by the machine's speed).
 bench-scale: deps all
 	@BENCH_PARTS=scale sh bench/run.sh
 
