@@ -79,16 +79,17 @@ static int emit(lua_State *L, vg_log_level_t level)
      * winning; vg_log_fragment merges the task's context under them, as it
      * does for the host's own lines. */
     lua_settop(L, base + 1);
-    lua_newtable(L);
-    int merged = lua_gettop(L);
+    int fields = base + 1; /* the call's own table has each key once already */
     if (bound) {
+        lua_newtable(L);
+        fields = lua_gettop(L);
         lua_getfield(L, 1, "fields");
-        if (lua_istable(L, -1)) merge_into(L, merged, -1);
+        if (lua_istable(L, -1)) merge_into(L, fields, -1);
         lua_pop(L, 1);
+        if (lua_istable(L, base + 1)) merge_into(L, fields, base + 1);
     }
-    if (lua_istable(L, base + 1)) merge_into(L, merged, base + 1);
     vg_buf_t b = VG_BUF_INIT;
-    add_fields(L, merged, &b);
+    if (lua_istable(L, fields)) add_fields(L, fields, &b);
     vg_log_fragment(level, event, b.data, b.len);
     vg_buf_free(&b);
     return 0;

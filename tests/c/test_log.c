@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -89,6 +90,52 @@ static void test_console(void)
     free(got);
 }
 
+/* Milliseconds since the epoch of a line's timestamp
+ * ("YYYY-MM-DDTHH:MM:SS.mmmZ"), or -1 when it is not of that shape. */
+static long long stamp_ms(const char *line)
+{
+    const char *p = strstr(line, "{\"timestamp\":\"");
+    if (!p) return -1;
+    p += 14;
+    struct tm tm = {0};
+    int ms = -1, used = 0;
+    if (sscanf(p, "%4d-%2d-%2dT%2d:%2d:%2d.%3d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+               &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms, &used) != 7 || used != 23 ||
+        strncmp(p + 23, "Z\"", 2) != 0)
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (long long)timegm(&tm) * 1000 + ms;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The timestamp is the time of the call in UTC to the millisecond, also
+ * after the second changes (the part up to the seconds is reused within a
+ * second). */
+static void test_timestamp(void)
+{
+    vg_log_setup(VG_LOG_DEBUG, VG_LOG_JSON, "w1");
+    for (int round = 0; round < 2; round++) {
+        long long before = now_ms();
+        vg_log(VG_LOG_INFO, "stamped", VG_F_END);
+        long long after = now_ms();
+        char *got = next_line();
+        long long at = stamp_ms(got);
+        CHECK(at >= before && at <= after, "timestamp %d is the call's time (%lld in [%lld, %lld]): %s",
+              round, at, before, after, got);
+        free(got);
+        /* The next round in the next second: until the clock reaches it. */
+        struct timespec next = {.tv_sec = (time_t)(after / 1000) + 1, .tv_nsec = 0};
+        while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &next, NULL) != 0) {}
+    }
+}
+
 int main(void)
 {
     char path[] = "/tmp/vg-test-log.XXXXXX";
@@ -101,6 +148,7 @@ int main(void)
     vg_log_set_fd(fd);
     test_json();
     test_console();
+    test_timestamp();
     vg_log_set_fd(STDOUT_FILENO);
     close(fd);
     return check_done();
