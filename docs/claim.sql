@@ -105,6 +105,7 @@ promoted AS (
 picked AS (
     SELECT t.id FROM tasks t
      WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
+       AND t.fair_seq IS NOT NULL
        AND t.run_at <= now()
      ORDER BY t.priority_rank, t.fair_key, t.fair_seq
      LIMIT $4

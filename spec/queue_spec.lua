@@ -169,6 +169,32 @@ describe_db("the queue", function()
     assert.same({ status = "completed", done = true, touched = true }, row())
   end)
 
+  -- The trigger's lookups are planned once per session, often while the
+  -- queue is drained and its statistics say nothing is pending: every plan
+  -- looks free then. A plan that scans the claimable tasks made each row of
+  -- a large INSERT read every row queued before it (sql/007): 20,000 rows
+  -- took minutes. Counted in buffers, not time: the pages one INSERT reads
+  -- per row stay flat as the burst grows.
+  it("enqueues a burst into a drained queue reading a flat number of pages per task", function()
+    for i = 1, 4 do tdb.channel("c" .. i) end
+    local function burst(n)
+      local plan = db.query(([[EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+        INSERT INTO tasks (channel_id, pipeline)
+        SELECT 'c' || (1 + g %% 4), 'noop' FROM generate_series(1, %d) g]]):format(n))[1]
+      local top = plan["QUERY PLAN"][1].Plan
+      return (top["Shared Hit Blocks"] + top["Shared Read Blocks"]) / n
+    end
+    -- Drained: every task completed, and the statistics say so.
+    burst(500)
+    db.query("UPDATE tasks SET status = 'completed', completed_at = now()")
+    db.query("ANALYZE tasks")
+    local small = burst(300)
+    local large = burst(3000)
+    assert.equal(3300, tdb.count("SELECT count(*) FROM tasks WHERE status = 'pending'"))
+    assert.is_true(large < 60, ("%.1f pages per task in a burst of 3,000"):format(large))
+    assert.is_true(large < small * 2, ("%.1f pages per task at 3,000 against %.1f at 300"):format(large, small))
+  end)
+
   it("notifies once when many tasks become claimable in one statement, and not for claims", function()
     tdb.channel("c1")
     tdb.enqueue("c1", 300)

@@ -68,6 +68,7 @@ SELECT * FROM claimed]]
 local function in_fair_order(what, also)
   return "    SELECT " .. what .. [[ FROM tasks t
      WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
+       AND t.fair_seq IS NOT NULL
        AND t.run_at <= now()]] .. (also or "") .. "\n" .. [[
      ORDER BY t.priority_rank, t.fair_key, t.fair_seq
 ]]
