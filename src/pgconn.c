@@ -673,16 +673,15 @@ int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *type
     } else if (!sql) { /* libpq reports it */
         ok = PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
     } else {
-        size_t klen;
-        uint32_t hash;
-        char *key = vg_pgstmt_key(sql, nparams, types, &klen, &hash);
+        uint32_t hash = vg_pgstmt_hash(sql, nparams, types);
         char name[24];
-        slot = vg_pgstmts_find(&c->stmts, key, klen, hash);
+        slot = vg_pgstmts_find(&c->stmts, sql, nparams, types, hash);
         if (slot >= 0) {
-            free(key);
             vg_pgstmt_name(name, sizeof name, c->stmts.slots[slot].id);
             ok = PQsendQueryPrepared(c->pg, name, nparams, values, lengths, formats, 0);
         } else if (!c->no_prepare && vg_pgstmts_has_room(&c->stmts)) {
+            size_t klen;
+            char *key = vg_pgstmt_key(sql, nparams, types, &klen, &hash);
             unsigned id = c->stmts.next_id++;
             vg_pgstmt_name(name, sizeof name, id);
             ok = PQsendPrepare(c->pg, name, sql, nparams, types);
@@ -693,7 +692,6 @@ int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *type
                 free(key);
             }
         } else { /* turned off, or the cache is full: the unnamed statement */
-            free(key);
             ok = PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
         }
     }

@@ -1,6 +1,8 @@
 /* The prepared-statement cache of one connection (see vg/pgstmt.h). */
 #include "vg/pgstmt.h"
 
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +11,62 @@
 
 void vg_pgstmt_name(char *buf, size_t size, unsigned id)
 {
-    snprintf(buf, size, "vg_s%u", id);
+    /* "vg_s" and the id's digits; called for every execute. */
+    char digits[12];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + id % 10);
+        id /= 10;
+    } while (id);
+    if (size < 4 + n + 1) {
+        if (size) buf[0] = '\0';
+        return;
+    }
+    memcpy(buf, "vg_s", 4);
+    for (size_t i = 0; i < n; i++) buf[4 + i] = digits[n - 1 - i];
+    buf[4 + n] = '\0';
+}
+
+/* The key is the SQL with its NUL, nparams, then the parameter types (zeros
+ * when none are given); its hash is taken over those three parts in turn,
+ * eight bytes at a time. A key is only built when a statement is added:
+ * looking one up hashes and compares the caller's SQL in place, since the
+ * worker sends the same few statements of up to a few KiB again and again. */
+static uint64_t hash_bytes(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, b, 8);
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+        b += 8;
+        n -= 8;
+    }
+    while (n--) h = (h ^ *b++) * 0x100000001b3ULL;
+    return h;
+}
+
+static uint32_t key_hash(const char *sql, size_t sl, int nparams, const Oid *types)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    h = hash_bytes(h, sql, sl + 1);
+    h = hash_bytes(h, &nparams, sizeof nparams);
+    for (int i = 0; i < nparams; i++) {
+        Oid t = types ? types[i] : 0;
+        h = hash_bytes(h, &t, sizeof t);
+    }
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static size_t key_len(size_t sl, int nparams)
+{
+    return sl + 1 + sizeof nparams + (size_t)nparams * sizeof(Oid);
+}
+
+uint32_t vg_pgstmt_hash(const char *sql, int nparams, const Oid *types)
+{
+    return key_hash(sql, strlen(sql), nparams, types);
 }
 
 char *vg_pgstmt_key(const char *sql, int nparams, const Oid *types, size_t *len,
@@ -17,7 +74,7 @@ char *vg_pgstmt_key(const char *sql, int nparams, const Oid *types, size_t *len,
 {
     size_t sl = strlen(sql);
     size_t tl = (size_t)nparams * sizeof(Oid);
-    size_t n = sl + 1 + sizeof nparams + tl;
+    size_t n = key_len(sl, nparams);
     char *k = vg_xmalloc(n);
     memcpy(k, sql, sl + 1);
     memcpy(k + sl + 1, &nparams, sizeof nparams);
@@ -25,18 +82,31 @@ char *vg_pgstmt_key(const char *sql, int nparams, const Oid *types, size_t *len,
         if (types) memcpy(k + sl + 1 + sizeof nparams, types, tl);
         else memset(k + sl + 1 + sizeof nparams, 0, tl);
     }
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)k[i]) * 16777619u;
     *len = n;
-    *hash = h;
+    *hash = key_hash(sql, sl, nparams, types);
     return k;
 }
 
-int vg_pgstmts_find(const vg_pgstmts_t *s, const char *key, size_t len, uint32_t hash)
+int vg_pgstmts_find(const vg_pgstmts_t *s, const char *sql, int nparams, const Oid *types,
+                    uint32_t hash)
 {
+    size_t sl = strlen(sql);
+    size_t len = key_len(sl, nparams);
     for (int i = 0; i < s->n; i++) {
         const vg_pgstmt_t *st = &s->slots[i];
-        if (st->hash == hash && st->keylen == len && memcmp(st->key, key, len) == 0) return i;
+        if (st->hash != hash || st->keylen != len || memcmp(st->key, sql, sl + 1) != 0) continue;
+        const char *p = st->key + sl + 1;
+        int np;
+        memcpy(&np, p, sizeof np);
+        if (np != nparams) continue;
+        p += sizeof np;
+        bool same = true;
+        for (int j = 0; j < nparams && same; j++) {
+            Oid t;
+            memcpy(&t, p + (size_t)j * sizeof t, sizeof t);
+            same = t == (types ? types[j] : 0);
+        }
+        if (same) return i;
     }
     return -1;
 }

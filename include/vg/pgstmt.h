@@ -45,8 +45,11 @@ void vg_pgstmt_name(char *buf, size_t size, unsigned id);
 char *vg_pgstmt_key(const char *sql, int nparams, const Oid *types, size_t *len,
                     uint32_t *hash);
 
-/* The slot holding key, or -1. */
-int vg_pgstmts_find(const vg_pgstmts_t *s, const char *key, size_t len, uint32_t hash);
+/* The hash of (sql, parameter types), as vg_pgstmt_key gives it. */
+uint32_t vg_pgstmt_hash(const char *sql, int nparams, const Oid *types);
+/* The slot holding (sql, parameter types) whose hash is hash, or -1. */
+int vg_pgstmts_find(const vg_pgstmts_t *s, const char *sql, int nparams, const Oid *types,
+                    uint32_t hash);
 /* Is there room for one more statement? */
 int vg_pgstmts_has_room(vg_pgstmts_t *s);
 /* Take stmt (its key too) into a free slot; returns the slot. */
