@@ -85,6 +85,10 @@ describe("parameters and typed results", function()
     assert.equal(-42, r.d)
     assert.equal("integer", math.type(r.a))
     assert.equal("integer", math.type(r.c))
+    -- integer parameters at both ends of the range, and zero
+    local e = pool:query("select $1::int8 as lo, $2::int8 as hi, $3::int8 as z, $1::text as t",
+                         math.mininteger, math.maxinteger, 0)[1]
+    assert.same({ lo = math.mininteger, hi = math.maxinteger, z = 0, t = "-9223372036854775808" }, e)
   end)
 
   it("gives floats as numbers, NaN and infinities included", function()

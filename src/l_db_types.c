@@ -87,7 +87,7 @@ void vg_l_db_build_params(lua_State *L, int first, vg_l_db_params_t *p)
         case LUA_TNUMBER: {
             vg_buf_t b = VG_BUF_INIT;
             if (lua_isinteger(L, idx)) {
-                vg_buf_printf(&b, "%lld", (long long)lua_tointeger(L, idx));
+                vg_json_int(&b, (long long)lua_tointeger(L, idx)); /* digits, no printf */
             } else {
                 double d = lua_tonumber(L, idx);
                 if (isnan(d)) vg_buf_adds(&b, "NaN");
