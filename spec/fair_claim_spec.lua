@@ -193,6 +193,7 @@ describe_db("fair claiming on randomised workloads", function()
             break
           end
         end
+        t.first = first
         if first then
           local served = {}
           for s = math.floor(t.arrive) + 1, t.claimed_stmt - 1 do
@@ -217,22 +218,30 @@ describe_db("fair claiming on randomised workloads", function()
     if max_batch == 1 then
       -- a busy channel: between two of its tasks (the second one already
       -- claimable when the first was claimed), no other channel is served
-      -- three times
+      -- three times. A task that came back to an empty channel (a retry or
+      -- a new task after its channel ran dry) joins the round being served
+      -- and is not counted: each such return is one more turn for its
+      -- channel, as the rules say (docs/fair_claim.md, "Coming back").
       for _, list in pairs(by) do
         table.sort(list, function(a, b) return a.claimed_stmt < b.claimed_stmt end)
         for i = 2, #list do
           local a, b = list[i - 1], list[i]
           if not b.ambiguous and b.arrive < a.claimed_stmt then
-            local served = {}
+            local served, seen = {}, {}
             for s = a.claimed_stmt + 1, b.claimed_stmt - 1 do
               local e = events[s]
               if e.kind == "claim" then
-                for _, r in ipairs(e.rows) do
+                for j, r in ipairs(e.rows) do
+                  local t = e.tasks[j]
                   if r.priority == a.p then
+                    seen[r.channel_id] = (seen[r.channel_id] or "") .. (" %d (arrived %.1f%s)"):format(
+                      r.id, t.arrive or -1, t.first and ", to an empty channel" or "")
+                  end
+                  if r.priority == a.p and not t.first then
                     served[r.channel_id] = (served[r.channel_id] or 0) + 1
                     if served[r.channel_id] == 3 then
-                      problem("%s %s busy, yet %s was served three times between its tasks %d and %d",
-                              a.ch, a.p, r.channel_id, a.id, b.id)
+                      problem("%s %s busy, yet %s was served three times between its tasks %d and %d:%s",
+                              a.ch, a.p, r.channel_id, a.id, b.id, seen[r.channel_id])
                     end
                   end
                 end
