@@ -170,18 +170,24 @@ void vg_json_num(vg_buf_t *b, double v)
     vg_buf_adds(b, tmp);
 }
 
+char *vg_udec(char *end, unsigned long long u)
+{
+    char *p = end;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    return p;
+}
+
 /* Decimal digits by hand: log lines and query parameters format integers
  * on every task, where printf's parsing of its format was a measurable share
  * of the worker's CPU. */
 void vg_json_int(vg_buf_t *b, long long v)
 {
-    char tmp[24]; /* 20 digits and a sign for any 64-bit value */
-    char *end = tmp + sizeof tmp, *p = end;
-    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    char tmp[VG_UDEC_MAX + 1];
+    char *end = tmp + sizeof tmp;
+    char *p = vg_udec(end, v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v);
     if (v < 0) *--p = '-';
     vg_buf_add(b, p, (size_t)(end - p));
 }

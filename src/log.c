@@ -141,7 +141,7 @@ static void add_timestamp(vg_buf_t *b)
     static size_t prefix_len;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    if (ts.tv_sec != cached_sec || prefix_len == 0) {
+    if (ts.tv_sec != cached_sec) {
         struct tm tm;
         int n = -1;
         if (gmtime_r(&ts.tv_sec, &tm))

@@ -673,21 +673,22 @@ int vg_pgconn_send(vg_pgconn_t *c, const char *sql, int nparams, const Oid *type
     } else if (!sql) { /* libpq reports it */
         ok = PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
     } else {
-        uint32_t hash = vg_pgstmt_hash(sql, nparams, types);
+        vg_pgstmt_ref_t ref;
+        vg_pgstmt_ref(&ref, sql, nparams, types);
         char name[24];
-        slot = vg_pgstmts_find(&c->stmts, sql, nparams, types, hash);
+        slot = vg_pgstmts_find(&c->stmts, &ref);
         if (slot >= 0) {
             vg_pgstmt_name(name, sizeof name, c->stmts.slots[slot].id);
             ok = PQsendQueryPrepared(c->pg, name, nparams, values, lengths, formats, 0);
         } else if (!c->no_prepare && vg_pgstmts_has_room(&c->stmts)) {
             size_t klen;
-            char *key = vg_pgstmt_key(sql, nparams, types, &klen, &hash);
+            char *key = vg_pgstmt_key(&ref, &klen);
             unsigned id = c->stmts.next_id++;
             vg_pgstmt_name(name, sizeof name, id);
             ok = PQsendPrepare(c->pg, name, sql, nparams, types);
             if (ok) {
                 pending = vg_pgexec_copy(nparams, values, lengths, formats);
-                pending->stmt = (vg_pgstmt_t){key, klen, hash, id};
+                pending->stmt = (vg_pgstmt_t){key, klen, ref.hash, id};
             } else {
                 free(key);
             }

@@ -3,7 +3,6 @@
 
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,19 +10,16 @@
 
 void vg_pgstmt_name(char *buf, size_t size, unsigned id)
 {
-    /* "vg_s" and the id's digits; called for every execute. */
-    char digits[12];
-    size_t n = 0;
-    do {
-        digits[n++] = (char)('0' + id % 10);
-        id /= 10;
-    } while (id);
+    /* "vg_s" and the id's digits, without printf: called for every execute. */
+    char tmp[VG_UDEC_MAX];
+    char *end = tmp + sizeof tmp, *p = vg_udec(end, id);
+    size_t n = (size_t)(end - p);
     if (size < 4 + n + 1) {
         if (size) buf[0] = '\0';
         return;
     }
     memcpy(buf, "vg_s", 4);
-    for (size_t i = 0; i < n; i++) buf[4 + i] = digits[n - 1 - i];
+    memcpy(buf + 4, p, n);
     buf[4 + n] = '\0';
 }
 
@@ -47,64 +43,61 @@ static uint64_t hash_bytes(uint64_t h, const void *p, size_t n)
     return h;
 }
 
-static uint32_t key_hash(const char *sql, size_t sl, int nparams, const Oid *types)
+static Oid type_of(const vg_pgstmt_ref_t *r, int i) { return r->types ? r->types[i] : 0; }
+
+static size_t key_len(const vg_pgstmt_ref_t *r)
 {
+    return r->sql_len + 1 + sizeof r->nparams + (size_t)r->nparams * sizeof(Oid);
+}
+
+void vg_pgstmt_ref(vg_pgstmt_ref_t *r, const char *sql, int nparams, const Oid *types)
+{
+    *r = (vg_pgstmt_ref_t){sql, strlen(sql), nparams, types, 0};
     uint64_t h = 0xcbf29ce484222325ULL;
-    h = hash_bytes(h, sql, sl + 1);
+    h = hash_bytes(h, sql, r->sql_len + 1);
     h = hash_bytes(h, &nparams, sizeof nparams);
     for (int i = 0; i < nparams; i++) {
-        Oid t = types ? types[i] : 0;
+        Oid t = type_of(r, i);
         h = hash_bytes(h, &t, sizeof t);
     }
-    return (uint32_t)(h ^ (h >> 32));
+    r->hash = (uint32_t)(h ^ (h >> 32));
 }
 
-static size_t key_len(size_t sl, int nparams)
+char *vg_pgstmt_key(const vg_pgstmt_ref_t *r, size_t *len)
 {
-    return sl + 1 + sizeof nparams + (size_t)nparams * sizeof(Oid);
-}
-
-uint32_t vg_pgstmt_hash(const char *sql, int nparams, const Oid *types)
-{
-    return key_hash(sql, strlen(sql), nparams, types);
-}
-
-char *vg_pgstmt_key(const char *sql, int nparams, const Oid *types, size_t *len,
-                    uint32_t *hash)
-{
-    size_t sl = strlen(sql);
-    size_t tl = (size_t)nparams * sizeof(Oid);
-    size_t n = key_len(sl, nparams);
+    size_t n = key_len(r);
     char *k = vg_xmalloc(n);
-    memcpy(k, sql, sl + 1);
-    memcpy(k + sl + 1, &nparams, sizeof nparams);
-    if (tl) {
-        if (types) memcpy(k + sl + 1 + sizeof nparams, types, tl);
-        else memset(k + sl + 1 + sizeof nparams, 0, tl);
+    char *p = k;
+    memcpy(p, r->sql, r->sql_len + 1);
+    p += r->sql_len + 1;
+    memcpy(p, &r->nparams, sizeof r->nparams);
+    p += sizeof r->nparams;
+    for (int i = 0; i < r->nparams; i++, p += sizeof(Oid)) {
+        Oid t = type_of(r, i);
+        memcpy(p, &t, sizeof t);
     }
     *len = n;
-    *hash = key_hash(sql, sl, nparams, types);
     return k;
 }
 
-int vg_pgstmts_find(const vg_pgstmts_t *s, const char *sql, int nparams, const Oid *types,
-                    uint32_t hash)
+int vg_pgstmts_find(const vg_pgstmts_t *s, const vg_pgstmt_ref_t *r)
 {
-    size_t sl = strlen(sql);
-    size_t len = key_len(sl, nparams);
+    size_t len = key_len(r);
     for (int i = 0; i < s->n; i++) {
         const vg_pgstmt_t *st = &s->slots[i];
-        if (st->hash != hash || st->keylen != len || memcmp(st->key, sql, sl + 1) != 0) continue;
-        const char *p = st->key + sl + 1;
+        if (st->hash != r->hash || st->keylen != len ||
+            memcmp(st->key, r->sql, r->sql_len + 1) != 0)
+            continue;
+        /* Same SQL and length: compare nparams and the types as stored. */
+        const char *p = st->key + r->sql_len + 1;
         int np;
         memcpy(&np, p, sizeof np);
-        if (np != nparams) continue;
+        bool same = np == r->nparams;
         p += sizeof np;
-        bool same = true;
-        for (int j = 0; j < nparams && same; j++) {
+        for (int j = 0; j < r->nparams && same; j++, p += sizeof(Oid)) {
             Oid t;
-            memcpy(&t, p + (size_t)j * sizeof t, sizeof t);
-            same = t == (types ? types[j] : 0);
+            memcpy(&t, p, sizeof t);
+            same = t == type_of(r, j);
         }
         if (same) return i;
     }

@@ -34,6 +34,10 @@ void vg_json_str(vg_buf_t *b, const char *s, size_t n);
  * "-inf") since JSON cannot hold them. Integers keep all their digits. */
 void vg_json_num(vg_buf_t *b, double v);
 void vg_json_int(vg_buf_t *b, long long v);
+/* The decimal digits of u, written to end at end (no NUL); returns where
+ * they start. end must have VG_UDEC_MAX bytes before it. */
+#define VG_UDEC_MAX 20
+char *vg_udec(char *end, unsigned long long u);
 
 /* Allocation that aborts on failure, with a message on stderr. */
 void *vg_xmalloc(size_t n);

@@ -41,15 +41,21 @@ typedef struct {
 
 /* The statement's server-side name, "vg_s<id>". */
 void vg_pgstmt_name(char *buf, size_t size, unsigned id);
-/* The cache key of (sql, parameter types): malloc'd, with its length and hash. */
-char *vg_pgstmt_key(const char *sql, int nparams, const Oid *types, size_t *len,
-                    uint32_t *hash);
+/* A statement to look up: (sql, parameter types), with the SQL's length
+ * and the key's hash, worked out once per execute by vg_pgstmt_ref. */
+typedef struct {
+    const char *sql;
+    size_t sql_len;
+    int nparams;
+    const Oid *types;            /* NULL: all unspecified */
+    uint32_t hash;
+} vg_pgstmt_ref_t;
 
-/* The hash of (sql, parameter types), as vg_pgstmt_key gives it. */
-uint32_t vg_pgstmt_hash(const char *sql, int nparams, const Oid *types);
-/* The slot holding (sql, parameter types) whose hash is hash, or -1. */
-int vg_pgstmts_find(const vg_pgstmts_t *s, const char *sql, int nparams, const Oid *types,
-                    uint32_t hash);
+void vg_pgstmt_ref(vg_pgstmt_ref_t *r, const char *sql, int nparams, const Oid *types);
+/* The cache key of r: malloc'd, with its length (its hash is r->hash). */
+char *vg_pgstmt_key(const vg_pgstmt_ref_t *r, size_t *len);
+/* The slot holding r's statement, or -1. */
+int vg_pgstmts_find(const vg_pgstmts_t *s, const vg_pgstmt_ref_t *r);
 /* Is there room for one more statement? */
 int vg_pgstmts_has_room(vg_pgstmts_t *s);
 /* Take stmt (its key too) into a free slot; returns the slot. */

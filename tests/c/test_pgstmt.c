@@ -8,15 +8,20 @@
 
 static void add(vg_pgstmts_t *s, const char *sql, int n, const Oid *types, unsigned id)
 {
+    vg_pgstmt_ref_t r;
+    vg_pgstmt_ref(&r, sql, n, types);
     vg_pgstmt_t st;
-    st.key = vg_pgstmt_key(sql, n, types, &st.keylen, &st.hash);
+    st.key = vg_pgstmt_key(&r, &st.keylen);
+    st.hash = r.hash;
     st.id = id;
     vg_pgstmts_add(s, &st);
 }
 
 static int find(const vg_pgstmts_t *s, const char *sql, int n, const Oid *types)
 {
-    return vg_pgstmts_find(s, sql, n, types, vg_pgstmt_hash(sql, n, types));
+    vg_pgstmt_ref_t r;
+    vg_pgstmt_ref(&r, sql, n, types);
+    return vg_pgstmts_find(s, &r);
 }
 
 static void test_names(void)
@@ -59,11 +64,10 @@ static void test_find(void)
     long_sql[8] = 'y';
     CHECK(find(&s, long_sql, 0, NULL) == -1, "a long SQL with a byte in its second word changed: not found");
 
-    size_t len;
-    uint32_t h;
-    char *k = vg_pgstmt_key("SELECT $1, $2", 2, text_bytea, &len, &h);
-    CHECK(h == vg_pgstmt_hash("SELECT $1, $2", 2, text_bytea), "the key's hash is the lookup's hash");
-    free(k);
+    vg_pgstmt_ref_t r1, r2;
+    vg_pgstmt_ref(&r1, "SELECT $1, $2", 2, text_bytea);
+    vg_pgstmt_ref(&r2, "SELECT $1, $2", 2, text_bytea);
+    CHECK(r1.hash == r2.hash, "a statement gets the same hash each time it is looked up");
     vg_pgstmts_free(&s);
 }
 
