@@ -6,7 +6,8 @@
 -- and commit, process with no connection held, record and commit.
 --
 -- Contents
---   1. claim          one task (or up to N): priority, fair keys (round-robin)
+--   1. claim          one task (or up to N): priority, fair keys (round-robin);
+--                     1c. promote: keys for tasks that fell due
 --   2. next_due       when the next delayed task becomes claimable
 --   3. fenced writes  start, renew, checkpoint, finish, retry, release
 --   4. rescue         expired leases back to retry (or failed)
@@ -44,10 +45,10 @@
 -- * INSERT, due: a key at once (two index descents, no lock; enqueue
 --   stays a plain INSERT for producers in any language).
 -- * INSERT with run_at in the future, and a retry with back-off: no key
---   (fair_key NULL, in tasks_unkeyed_idx). The claim statement itself gives
---   keys to up to 100 tasks that have fallen due ("promote" below), as if
---   they arrived then: delayed tasks that fall due together join the round
---   robin one per round per channel and never burst ahead.
+--   (fair_key NULL, in tasks_unkeyed_idx). A promote statement (1c below)
+--   gives keys to up to 100 tasks that have fallen due, as if they arrived
+--   then: delayed tasks that fall due together join the round robin one
+--   per round per channel and never burst ahead.
 -- * approved after a review gate, or put back by hand (failed -> pending):
 --   a new key, as a task arriving now.
 -- * released (shutdown, a lapsed liveness) and rescued (lease expired,
@@ -72,11 +73,10 @@
 -- (priority_rank, fair_key, fair_seq) WHERE claimable AND keyed, under
 -- LIMIT $4 FOR UPDATE SKIP LOCKED: the plan is Limit -> LockRows -> Index
 -- Scan, so only the rows taken are locked and the cost does not depend on
--- the number of channels or of queued tasks. "promote" is one descent of
--- tasks_unkeyed_idx (run_at) when nothing has fallen due. A statement does
--- not see its own changes, so a task promoted by a claim is claimable from
--- the next one; a worker whose claim came back empty while tasks were due
--- claims again at once (lua/vg/consumer.lua, wait_for_work).
+-- the number of channels or of queued tasks. The "promote" column is one
+-- descent of tasks_unkeyed_idx (run_at), an InitPlan run once per claim:
+-- true when tasks have fallen due and wait for their keys. The worker then
+-- sends the promote statement (1c).
 --
 -- attempts, lease_token, updated_at, the generic plans and inactive
 -- channels: as before (a claim of an approved task starts a new attempt
@@ -85,24 +85,7 @@
 --
 -- $1 worker_id, $2 instance, $3 lease seconds, $4 max tasks.
 
-WITH due_now AS (
-    SELECT t.id, t.channel_id, t.priority_rank, t.run_at FROM tasks t
-     WHERE t.fair_key IS NULL AND t.status IN ('pending', 'retry', 'approved')
-       AND t.run_at <= now()
-     ORDER BY t.run_at, t.id
-     LIMIT 100
-       FOR UPDATE SKIP LOCKED
-),
-promoted AS (
-    UPDATE tasks t
-       SET fair_key = k.key, fair_seq = nextval('tasks_fair_seq'), updated_at = now()
-      FROM (SELECT d.id, tasks_fair_next(d.channel_id, d.priority_rank)
-                         + row_number() OVER (PARTITION BY d.channel_id, d.priority_rank
-                                              ORDER BY d.run_at, d.id) - 1 AS key
-              FROM due_now d) k
-     WHERE t.id = k.id
-),
-picked AS (
+WITH picked AS (
     SELECT t.id FROM tasks t
      WHERE t.status IN ('pending', 'retry', 'approved') AND t.fair_key IS NOT NULL
        AND t.fair_seq IS NOT NULL
@@ -120,7 +103,10 @@ claimed AS (
            lease_token = t.lease_token + 1
      WHERE t.id = ANY (ARRAY(SELECT picked.id FROM picked))
  RETURNING t.id, t.channel_id, t.pipeline, t.payload, t.priority, t.attempts,
-           t.max_attempts, t.lease_token, t.status
+           t.max_attempts, t.lease_token, t.status,
+           (SELECT EXISTS (SELECT 1 FROM tasks u
+                            WHERE u.fair_key IS NULL AND u.status IN ('pending', 'retry', 'approved')
+                              AND u.run_at <= now())) AS promote
 )
 SELECT * FROM claimed;
 
@@ -131,6 +117,38 @@ SELECT * FROM claimed;
 -- claimable task (one more descent of tasks_fair_idx): a batch never takes
 -- a lower priority's tasks while concurrent claimers hold the higher one's;
 -- the claim after the last task of a priority moves on to the next.
+
+-- ---------------------------------------------------------------- 1c. promote
+--
+-- Tasks that fell due without a key (delayed, backing off) get one here,
+-- at most 100 per statement, oldest run_at first, as if they arrived now:
+-- a channel's tasks in turn after its last key, or from the floor. Until
+-- 2026-12-02 this was the first part of every claim; as such its UPDATE
+-- cost every claim about a fifth of the server's CPU even when nothing was
+-- due (docs/fair_claim.md, "Measurements"). Now a worker sends it when it
+-- wakes up for a task that falls due, when a claim found nothing while
+-- tasks were due, and (from a task of its own, one at a time) when a
+-- claimed row's "promote" column is true. Returns how many it keyed; 100
+-- means more may wait, and the worker sends it again.
+
+WITH due_now AS (
+    SELECT t.id, t.channel_id, t.priority_rank, t.run_at FROM tasks t
+     WHERE t.fair_key IS NULL AND t.status IN ('pending', 'retry', 'approved')
+       AND t.run_at <= now()
+     ORDER BY t.run_at, t.id
+     LIMIT 100
+       FOR UPDATE SKIP LOCKED
+),
+promoted AS (
+    UPDATE tasks t
+       SET fair_key = k.key, fair_seq = nextval('tasks_fair_seq'), updated_at = now()
+      FROM (SELECT d.id, tasks_fair_next(d.channel_id, d.priority_rank)
+                         + row_number() OVER (PARTITION BY d.channel_id, d.priority_rank
+                                              ORDER BY d.run_at, d.id) - 1 AS key
+              FROM due_now d) k
+     WHERE t.id = k.id
+)
+SELECT count(*)::int AS n FROM due_now;
 
 -- ---------------------------------------------------------------- 2. next_due
 --

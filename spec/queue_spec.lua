@@ -57,6 +57,31 @@ describe_db("the queue", function()
     assert.is_true(due > 3500 and due <= 3600)
   end)
 
+  it("keys due delayed tasks by a promote statement that claimed rows ask for, 100 at a time", function()
+    tdb.channel("c1")
+    tdb.channel("c2")
+    tdb.enqueue("c1", 3)
+    local delayed = tdb.enqueue("c2", 150, { delay = 0.2 })
+    local first = q:claim(1)[1]
+    assert.is_false(first.promote) -- nothing due without a key yet
+    assert.equal(0, q:promote())
+    assert.is_true(tdb.eventually(function()
+      return tdb.count("SELECT count(*) FROM tasks WHERE channel_id = 'c2' AND run_at <= now()") == 150
+    end, 5, 0.01))
+    local second = q:claim(1)[1]
+    assert.equal("c1", second.channel_id) -- a claim gives no keys
+    assert.is_true(second.promote)
+    assert.equal(queue.PROMOTE_LIMIT, q:promote())
+    assert.equal(50, q:promote())
+    assert.equal(0, q:promote())
+    -- keyed in order, from the round being served, behind c1 waiting in it
+    assert.equal("c1", q:claim(1)[1].channel_id)
+    local fourth = q:claim(1)[1]
+    assert.equal(delayed[1], fourth.id)
+    assert.is_false(fourth.promote)
+    assert.equal(0, tdb.count("SELECT count(*) FROM tasks WHERE fair_key IS NULL AND status = 'pending'"))
+  end)
+
   it("gives concurrent claimers distinct tasks (SKIP LOCKED)", function()
     tdb.channel("c1")
     tdb.channel("c2")

@@ -174,6 +174,27 @@ describe_db("worker processes", function()
     assert.is_true(last_normal < first_low)
   end)
 
+  it("gives delayed tasks that fall due while it is busy their turn, not a place after the backlog", function()
+    tdb.channel("busy")
+    tdb.channel("later")
+    tdb.enqueue("busy", 5000)
+    local p = worker("w1", { VG_CONCURRENCY = "4" })
+    assert.is_true(tdb.eventually(function()
+      return tdb.count("SELECT count(*) FROM tasks WHERE status = 'completed'") >= 100
+    end, 60, 0.02))
+    -- due in 0.3 s: only the promote flag of the busy worker's claims gets
+    -- them their keys (its slots claim their next tasks without waiting)
+    tdb.enqueue("later", 3, { delay = 0.3 })
+    assert.is_true(tdb.eventually(function()
+      return tdb.count("SELECT count(*) FROM tasks WHERE channel_id = 'later' AND status = 'completed'") == 3
+    end, 60, 0.02))
+    local left = tdb.count([[SELECT count(*) FROM tasks WHERE channel_id = 'busy'
+                               AND (completed_at IS NULL OR completed_at > (
+                                    SELECT max(completed_at) FROM tasks WHERE channel_id = 'later'))]])
+    stop(p)
+    assert.is_true(left >= 1000, ("only %d of the backlog's tasks were left when the delayed ones ran"):format(left))
+  end)
+
   it("retries with back-off until it succeeds, and fails when attempts run out", function()
     tdb.channel("c1")
     local ok_id = tdb.enqueue("c1", 1, { pipeline = "flaky", payload = { succeed_on = 3 }, max_attempts = 3 })[1]

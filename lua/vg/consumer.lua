@@ -225,8 +225,10 @@ function Consumer:claim(n)
     end
     error(rows, 0)
   end
-  local keep = {}
+  local keep, promote = {}, false
   for _, t in ipairs(rows) do
+    promote = promote or t.promote == true
+    t.promote = nil
     t.live_epoch = epoch
     t.lease_deadline = t0 + self.lease_seconds - self.margin
     self.held[t.id] = true
@@ -239,7 +241,31 @@ function Consumer:claim(n)
                                      reason = "liveness lapsed during the claim" })
     end
   end
+  -- Tasks fell due and wait for their fair keys: key them, in a task of
+  -- its own, at most one at a time (the claims go on meanwhile).
+  if promote and not self.promoting then
+    self.promoting = true
+    vg.spawn(function()
+      pcall(self.promote, self) -- only a cancellation at shutdown is raised
+      self.promoting = false
+    end)
+  end
   return keep
+end
+
+-- Give the tasks that fell due their fair keys (they are claimable from
+-- the next claim on), PROMOTE_LIMIT at a time while more wait. A failure
+-- is logged, not raised: the next claim's promote flag, or the next empty
+-- claim while tasks are due, tries again.
+function Consumer:promote()
+  local ok, n
+  repeat
+    ok, n = pcall(self.queue.promote, self.queue)
+  until not ok or n < queue.PROMOTE_LIMIT or vg.shutdown_requested()
+  if not ok then
+    if vg.is_cancelled(n) then error(n, 0) end
+    log.warning("promote_failed", { error = err_text(n) })
+  end
 end
 
 -- A claim whose answer may have been lost (the connection died, or the
@@ -512,10 +538,10 @@ function Consumer:wait_for_work(just_rescued)
   if self.claim_now then return end
   local timeout = self.poll_interval
   if due and due <= 0 and not self.due_retried then
-    -- Due tasks exist but the claim found none: it may have just given
-    -- them their fair keys (a claim gives keys to tasks that became due;
-    -- the next claim sees them). Claim again at once, once.
+    -- Due tasks exist but the claim found none: they may be waiting for
+    -- their fair keys. Give them theirs, then claim again at once, once.
     self.due_retried = true
+    self:promote()
     self.claim_now = true
     return
   elseif due and due <= 0 then
@@ -532,6 +558,8 @@ function Consumer:wait_for_work(just_rescued)
     -- Drain notifications that arrived together; one claim serves them.
     while db.wait_notification(0) do end
   elseif due and due <= timeout + 0.001 then
+    -- The next task fell due: it has no fair key yet if it was delayed.
+    self:promote()
     self.claim_now = true
   end
 end

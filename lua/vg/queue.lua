@@ -17,12 +17,16 @@ local M = {}
 -- fair_seq) order, whatever the number of channels or queued tasks.
 --
 -- promote: tasks that became due since they were queued (delayed, backing
--- off) get their key now, at most 100 per claim, oldest run_at first; the
--- tasks of one channel in turn after its last key (or from the floor).
--- The keys are visible to the next claim (a statement does not see its
--- own changes); the worker claims again at once when a claim found nothing
--- while tasks were due.
-local CLAIM_PROMOTE = [[
+-- off) get their key, at most 100 per statement, oldest run_at first; the
+-- tasks of one channel in turn after its last key (or from the floor). It
+-- is a statement of its own (PROMOTE_SQL), not part of every claim: as a
+-- part of the claim its UPDATE cost every claim a fifth of its server CPU
+-- even when nothing was due (docs/fair_claim.md). Every claimed row says
+-- whether tasks are waiting for their keys (its "promote" column: one
+-- descent of tasks_unkeyed_idx), and the worker then sends PROMOTE_SQL;
+-- it also sends it when a claim found nothing while tasks were due, and
+-- when it wakes up for a task that falls due (lua/vg/consumer.lua).
+M.PROMOTE_SQL = [[
 WITH due_now AS (
     SELECT t.id, t.channel_id, t.priority_rank, t.run_at FROM tasks t
      WHERE t.fair_key IS NULL AND t.status IN ('pending', 'retry', 'approved')
@@ -39,8 +43,11 @@ promoted AS (
                                               ORDER BY d.run_at, d.id) - 1 AS key
               FROM due_now d) k
      WHERE t.id = k.id
-),
-]]
+)
+SELECT count(*)::int AS n FROM due_now]]
+
+-- How many tasks one promote statement keys at most (the LIMIT above).
+M.PROMOTE_LIMIT = 100
 
 -- claimed: take the picked tasks (a new lease and fencing token). The
 -- picked ids go in as one array, which pins the UPDATE to the primary key:
@@ -58,7 +65,10 @@ claimed AS (
            lease_token = t.lease_token + 1
      WHERE t.id = ANY (ARRAY(SELECT picked.id FROM picked))
  RETURNING t.id, t.channel_id, t.pipeline, t.payload, t.priority, t.attempts,
-           t.max_attempts, t.lease_token, t.status
+           t.max_attempts, t.lease_token, t.status,
+           (SELECT EXISTS (SELECT 1 FROM tasks u
+                            WHERE u.fair_key IS NULL AND u.status IN ('pending', 'retry', 'approved')
+                              AND u.run_at <= now())) AS promote
 )
 SELECT * FROM claimed]]
 
@@ -85,14 +95,13 @@ end
 
 -- Claim up to $4 tasks: the first ones in fair order that nobody has
 -- locked.
-M.CLAIM_SQL = CLAIM_PROMOTE .. picked() .. CLAIM_TAKE
+M.CLAIM_SQL = "WITH " .. picked() .. CLAIM_TAKE
 
 -- Claim up to $4 (> 1) tasks in one statement (batch mode), in the same
 -- order, but only from the highest priority that has due tasks: a batch
 -- never takes a lower priority's tasks while concurrent claimers hold the
 -- higher one's (the next claim moves on once that priority is empty).
-M.CLAIM_MANY_SQL = CLAIM_PROMOTE
-  .. "top AS (\n" .. in_fair_order("t.priority_rank") .. "     LIMIT 1\n),\n"
+M.CLAIM_MANY_SQL = "WITH top AS (\n" .. in_fair_order("t.priority_rank") .. "     LIMIT 1\n),\n"
   .. picked(" AND t.priority_rank = (SELECT priority_rank FROM top)")
   .. CLAIM_TAKE
 
@@ -323,6 +332,12 @@ function Queue:claim(n)
   n = n or 1
   return db.query(n > 1 and M.CLAIM_MANY_SQL or M.CLAIM_SQL,
                   self.worker_id, self.instance, self.lease_seconds, n)
+end
+
+-- Give due tasks without a fair key theirs (PROMOTE_SQL). Returns how
+-- many it keyed; M.PROMOTE_LIMIT means more may be waiting.
+function Queue:promote()
+  return db.query(M.PROMOTE_SQL)[1].n
 end
 
 -- Seconds until the next queued task is due (<= 0: due now), or nil.
