@@ -301,8 +301,28 @@ describe_db("worker processes", function()
         lines[#lines + 1] = string.format("backend %d %s %s/%s since %s: %s", row.pid, tostring(row.state),
           tostring(row.wait_event_type), tostring(row.wait_event), row.backend_start, tostring(row.query))
       end
+      -- The tasks still held, and every line each worker logged about
+      -- them or about the database, then the end of its output.
+      local held = {}
+      for _, row in ipairs(db.query("SELECT id FROM tasks WHERE status IN ('claimed', 'processing')")) do
+        held[#held + 1] = row.id
+      end
+      lines[#lines + 1] = "held: " .. table.concat(held, ", ")
       for i, p in ipairs(ws) do
-        lines[#lines + 1] = string.format("worker w%d output ends:\n%s", i, stop(p).stdout:sub(-3000))
+        local out = stop(p).stdout
+        local said = {}
+        for line in out:gmatch("[^\n]+") do
+          local cid = tonumber(line:match('"correlation_id":(%d+)'))
+          local about_held = false
+          for _, id in ipairs(held) do if cid == id then about_held = true end end
+          if about_held or line:find('"level":"warning"') or line:find('"level":"error"')
+             or line:find('"event":"db_') or line:find('"event":"database_') then
+            said[#said + 1] = line:sub(1, 400)
+          end
+        end
+        lines[#lines + 1] = string.format("worker w%d about the held tasks and the database:\n%s",
+                                          i, table.concat(said, "\n", math.max(1, #said - 60)))
+        lines[#lines + 1] = string.format("worker w%d output ends:\n%s", i, out:sub(-1500))
       end
       error(table.concat(lines, "\n"))
     end

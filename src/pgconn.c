@@ -732,13 +732,24 @@ void vg_pgconn_set_done(vg_pgconn_t *c, vg_pgconn_done_fn done, void *arg)
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     vg_pgconn_t *c = h->data;
-    if (status < 0) events = UV_READABLE | UV_WRITABLE; /* let libpq find the error */
+    if (status < 0) {
+        /* POLLERR (a reset: the server went away with our query unread).
+         * libuv has stopped the watcher before calling us, so it watches
+         * nothing now, whatever poll_events says: forget that, so that the
+         * state's poll_set below starts it again. The first read may return
+         * the data that came before the reset (the server's FATAL) and
+         * leave libpq waiting: without the watcher, the reset behind it
+         * would never be read and the query would wait forever. */
+        c->poll_events = 0;
+        events = UV_READABLE | UV_WRITABLE; /* let libpq find the error */
+    }
     switch (c->state) {
     case VG_PGCONN_CONNECTING:
         connect_step(c);
         break;
     case VG_PGCONN_IDLE:
         if (!idle_read(c)) emit(c, VG_PGCONN_EV_BROKEN);
+        else if (status < 0) set_state(c, VG_PGCONN_IDLE); /* watch again */
         break;
     case VG_PGCONN_BUSY:
         busy_io(c, events);

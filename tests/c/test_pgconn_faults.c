@@ -305,6 +305,19 @@ static vg_pgconn_t *connect_local(int port, double timeout, seen_t *s)
     return open_conn(k, v, timeout, s);
 }
 
+/* The connection of the client being opened, accepted while its loop runs. */
+static int accept_client(int lfd)
+{
+    int cfd = -1;
+    for (int i = 0; i < 3000 && cfd < 0; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        cfd = accept(lfd, NULL, NULL);
+        if (cfd < 0) usleep(1000);
+    }
+    CHECK(cfd >= 0, "the client connected to the listener");
+    return cfd;
+}
+
 static void test_hang_up_mid_connect(void)
 {
     int port;
@@ -312,14 +325,8 @@ static void test_hang_up_mid_connect(void)
     CHECK(lfd >= 0, "a local listener");
     seen_t s;
     vg_pgconn_t *c = connect_local(port, 10, &s);
-    int cfd = -1;
     /* The start-up packet arrives; the "server" reads it and hangs up. */
-    for (int i = 0; i < 3000 && cfd < 0; i++) {
-        uv_run(loop, UV_RUN_NOWAIT);
-        cfd = accept(lfd, NULL, NULL);
-        if (cfd < 0) usleep(10000);
-    }
-    CHECK(cfd >= 0, "the client connected to the listener");
+    int cfd = accept_client(lfd);
     char buf[512];
     for (int i = 0; i < 300 && recv(cfd, buf, sizeof buf, MSG_DONTWAIT) <= 0; i++) {
         uv_run(loop, UV_RUN_NOWAIT);
@@ -329,6 +336,89 @@ static void test_hang_up_mid_connect(void)
     CHECK(run_until(&s.connect_failed), "a server that hangs up mid-connect fails the connect");
     CHECK(s.connected == 0, "and never reports CONNECTED");
     CHECK(vg_pgconn_state(c) == VG_PGCONN_BROKEN, "the connection is BROKEN");
+    close_conn(c);
+    close(lfd);
+}
+
+/* Read from the client until n bytes came, the loop running meanwhile. */
+static bool recv_n(int fd, char *buf, size_t n)
+{
+    size_t got = 0;
+    for (int i = 0; i < 3000 && got < n; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        ssize_t r = recv(fd, buf + got, n - got, MSG_DONTWAIT);
+        if (r > 0) got += (size_t)r;
+        else if (r == 0) return false;
+        else usleep(1000);
+    }
+    return got == n;
+}
+
+/* A PostgreSQL message: its type, then a 4-byte length, then the body. */
+static bool recv_msg(int fd, char *type, char *body, size_t cap)
+{
+    char head[5];
+    if (!recv_n(fd, head, 5)) return false;
+    uint32_t len;
+    memcpy(&len, head + 1, 4);
+    len = ntohl(len);
+    if (len < 4 || len - 4 > cap) return false;
+    *type = head[0];
+    return recv_n(fd, body, len - 4);
+}
+
+/* The server is shut down (restart, fast stop) while a query of ours is on
+ * its way: the backend sends its FATAL and exits without reading the
+ * query, and the kernel answers the unread query with a reset. Both reach
+ * the client before its loop looks again, so it sees the FATAL's data and
+ * POLLERR together; libuv stops the watcher on POLLERR. The query must
+ * still end, as a lost connection, and not wait forever for the reset
+ * behind the data. */
+static void test_reset_after_fatal_mid_query(void)
+{
+    int port;
+    int lfd = listen_local(&port);
+    CHECK(lfd >= 0, "a local listener");
+    seen_t s;
+    vg_pgconn_t *c = connect_local(port, 10, &s);
+    int cfd = accept_client(lfd);
+    /* The start-up packet (length, then the rest), answered with
+     * AuthenticationOk and ReadyForQuery. */
+    char buf[1024];
+    uint32_t len = 0;
+    bool ok = recv_n(cfd, buf, 4);
+    if (ok) {
+        memcpy(&len, buf, 4);
+        len = ntohl(len);
+        ok = len >= 8 && len - 4 <= sizeof buf && recv_n(cfd, buf, len - 4);
+    }
+    CHECK(ok, "the start-up packet arrived");
+    static const char hello[] = {'R', 0, 0, 0, 8, 0, 0, 0, 0, 'Z', 0, 0, 0, 5, 'I'};
+    CHECK(send(cfd, hello, sizeof hello, 0) == (ssize_t)sizeof hello, "the server says ready");
+    CHECK(run_until(&s.connected), "the connection opens");
+    CHECK(vg_pgconn_send(c, "select 1", -1, NULL, NULL, NULL, NULL, on_done, &s) == 0,
+          "a query is sent");
+    char type = 0;
+    CHECK(recv_msg(cfd, &type, buf, sizeof buf) && type == 'Q', "the query arrived");
+    /* The FATAL, then the reset, with no turn of the client's loop between. */
+    static const char fatal[] = "SFATAL\0VFATAL\0C57P01\0"
+                                "Mterminating connection due to administrator command\0";
+    char msg[128];
+    uint32_t mlen = htonl((uint32_t)(4 + sizeof fatal)); /* sizeof: the final 0 ends the fields */
+    msg[0] = 'E';
+    memcpy(msg + 1, &mlen, 4);
+    memcpy(msg + 5, fatal, sizeof fatal);
+    ssize_t want = (ssize_t)(5 + sizeof fatal);
+    CHECK(send(cfd, msg, (size_t)want, 0) == want, "the server sends its FATAL");
+    struct linger lg = {1, 0};
+    CHECK(setsockopt(cfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0, "linger 0: close resets");
+    /* Our query is unread on the server's side too: the close resets. */
+    close(cfd);
+    CHECK(run_until(&s.done), "the query ends with an error instead of waiting forever");
+    CHECK(s.res == NULL || PQresultStatus(s.res) == PGRES_FATAL_ERROR,
+          "as an error result (or none)");
+    CHECK(vg_pgconn_state(c) == VG_PGCONN_BROKEN, "the connection is BROKEN");
+    PQclear(s.res);
     close_conn(c);
     close(lfd);
 }
@@ -376,6 +466,7 @@ int main(void)
     if (pgtmp_dir && !*pgtmp_dir) pgtmp_dir = NULL;
     if (atexit(bring_server_back) != 0) return 1;
     test_hang_up_mid_connect();
+    test_reset_after_fatal_mid_query();
     test_silent_server();
     const char *url = getenv("TEST_DATABASE_URL");
     if (url && *url && parse_url(url)) {
