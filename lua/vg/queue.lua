@@ -26,13 +26,22 @@ local M = {}
 -- descent of tasks_unkeyed_idx), and the worker then sends PROMOTE_SQL;
 -- it also sends it when a claim found nothing while tasks were due, and
 -- when it wakes up for a task that falls due (lua/vg/consumer.lua).
+-- How many tasks one promote statement keys at most.
+M.PROMOTE_LIMIT = 100
+
+-- Due tasks waiting for their fair key: tasks_unkeyed_idx's rows that are
+-- due (the promote statement takes them; every claim says whether any).
+local UNKEYED_DUE = [[t.fair_key IS NULL AND t.status IN ('pending', 'retry', 'approved')
+       AND t.run_at <= now()]]
+
 M.PROMOTE_SQL = [[
 WITH due_now AS (
     SELECT t.id, t.channel_id, t.priority_rank, t.run_at FROM tasks t
-     WHERE t.fair_key IS NULL AND t.status IN ('pending', 'retry', 'approved')
-       AND t.run_at <= now()
+     WHERE ]] .. UNKEYED_DUE .. [[
+
      ORDER BY t.run_at, t.id
-     LIMIT 100
+     LIMIT ]] .. M.PROMOTE_LIMIT .. [[
+
        FOR UPDATE SKIP LOCKED
 ),
 promoted AS (
@@ -45,9 +54,6 @@ promoted AS (
      WHERE t.id = k.id
 )
 SELECT count(*)::int AS n FROM due_now]]
-
--- How many tasks one promote statement keys at most (the LIMIT above).
-M.PROMOTE_LIMIT = 100
 
 -- claimed: take the picked tasks (a new lease and fencing token). The
 -- picked ids go in as one array, which pins the UPDATE to the primary key:
@@ -66,9 +72,8 @@ claimed AS (
      WHERE t.id = ANY (ARRAY(SELECT picked.id FROM picked))
  RETURNING t.id, t.channel_id, t.pipeline, t.payload, t.priority, t.attempts,
            t.max_attempts, t.lease_token, t.status,
-           (SELECT EXISTS (SELECT 1 FROM tasks u
-                            WHERE u.fair_key IS NULL AND u.status IN ('pending', 'retry', 'approved')
-                              AND u.run_at <= now())) AS promote
+           -- (its own t: uncorrelated, run once per statement)
+           (SELECT EXISTS (SELECT 1 FROM tasks t WHERE ]] .. UNKEYED_DUE .. [[)) AS promote
 )
 SELECT * FROM claimed]]
 

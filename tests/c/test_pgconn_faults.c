@@ -305,28 +305,32 @@ static vg_pgconn_t *connect_local(int port, double timeout, seen_t *s)
     return open_conn(k, v, timeout, s);
 }
 
-/* The connection of the client being opened, accepted while its loop runs. */
-static int accept_client(int lfd)
+/* A listener this test owns, a client connecting to it (timeout 10 s),
+ * and the server's side of that connection, accepted while the client's
+ * loop runs. */
+static vg_pgconn_t *connect_to_own_server(seen_t *s, int *lfd, int *cfd_out)
 {
+    int port;
+    *lfd = listen_local(&port);
+    CHECK(*lfd >= 0, "a local listener");
+    vg_pgconn_t *c = connect_local(port, 10, s);
     int cfd = -1;
     for (int i = 0; i < 3000 && cfd < 0; i++) {
         uv_run(loop, UV_RUN_NOWAIT);
-        cfd = accept(lfd, NULL, NULL);
+        cfd = accept(*lfd, NULL, NULL);
         if (cfd < 0) usleep(1000);
     }
     CHECK(cfd >= 0, "the client connected to the listener");
-    return cfd;
+    *cfd_out = cfd;
+    return c;
 }
 
 static void test_hang_up_mid_connect(void)
 {
-    int port;
-    int lfd = listen_local(&port);
-    CHECK(lfd >= 0, "a local listener");
     seen_t s;
-    vg_pgconn_t *c = connect_local(port, 10, &s);
+    int lfd, cfd;
+    vg_pgconn_t *c = connect_to_own_server(&s, &lfd, &cfd);
     /* The start-up packet arrives; the "server" reads it and hangs up. */
-    int cfd = accept_client(lfd);
     char buf[512];
     for (int i = 0; i < 300 && recv(cfd, buf, sizeof buf, MSG_DONTWAIT) <= 0; i++) {
         uv_run(loop, UV_RUN_NOWAIT);
@@ -376,12 +380,9 @@ static bool recv_msg(int fd, char *type, char *body, size_t cap)
  * behind the data. */
 static void test_reset_after_fatal_mid_query(void)
 {
-    int port;
-    int lfd = listen_local(&port);
-    CHECK(lfd >= 0, "a local listener");
     seen_t s;
-    vg_pgconn_t *c = connect_local(port, 10, &s);
-    int cfd = accept_client(lfd);
+    int lfd, cfd;
+    vg_pgconn_t *c = connect_to_own_server(&s, &lfd, &cfd);
     /* The start-up packet (length, then the rest), answered with
      * AuthenticationOk and ReadyForQuery. */
     char buf[1024];
