@@ -1,8 +1,9 @@
 -- bench/timed_worker.lua: lua/worker.lua with every claim timed, for the
 -- scale matrix's claim latency (bench/scale.lua). It wraps vg.queue's
--- Queue:claim, the one call every claim of the consumer goes through, and
--- writes one line per claim to BENCH_CLAIM_LOG: milliseconds from the call
--- to its answer, as the worker saw it (waiting for a pool connection,
+-- Queue:claim and Queue:complete_claim (an unbatched slot's next claim,
+-- sent with its complete), the calls every claim of the consumer goes
+-- through, and writes one line per claim to BENCH_CLAIM_LOG: milliseconds
+-- from the call to its answer, as the worker saw it (waiting for a pool connection,
 -- sending, the server's work, the answer's rows decoded), then the number
 -- of tasks it returned. Nothing else changes: then it runs the worker
 -- script (BENCH_WORKER_SCRIPT) as vg-host would.
@@ -20,12 +21,20 @@ local out = assert(io.open(assert(os.getenv("BENCH_CLAIM_LOG"), "BENCH_CLAIM_LOG
 out:setvbuf("full", 1 << 16)
 
 local Queue = getmetatable(queue.new { worker_id = "timed", instance = "timed" })
-local claim = Queue.claim
+local claim, complete_claim = Queue.claim, Queue.complete_claim
 function Queue.claim(self, n)
   local t0 = vg.now()
   local rows = claim(self, n)
   out:write(string.format("%.4f %d\n", (vg.now() - t0) * 1000, #rows))
   return rows
+end
+-- An unbatched slot's claim that goes with its complete: timed the same
+-- way (its round trip then carries the complete too).
+function Queue.complete_claim(self, task, result, n)
+  local t0 = vg.now()
+  local done, rows = complete_claim(self, task, result, n)
+  out:write(string.format("%.4f %d\n", (vg.now() - t0) * 1000, #rows))
+  return done, rows
 end
 
 dofile(os.getenv("BENCH_WORKER_SCRIPT") or (dir .. "/worker.lua"))

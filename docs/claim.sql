@@ -211,6 +211,25 @@ UPDATE tasks
        current_step = NULL, lease_expires_at = NULL
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing');
 
+-- 3d'. finish and claim the next (COMPLETE_CLAIM_SQL): an unbatched slot
+-- that will claim again when its task is done (the queue had work at the
+-- last look, no shutdown, its liveness held, no claim's answer in doubt)
+-- sends 3d and claim 1 as one statement, three data-modifying CTEs:
+--   WITH done AS (3d on $5, token $6, result $7, RETURNING id),
+--        picked AS (claim 1's picked: $4 tasks in fair order, SKIP LOCKED),
+--        claimed AS (claim 1's claimed, $1-$3)
+--   SELECT (SELECT count(*) FROM done)::int AS completed, claimed.*
+--     FROM (SELECT) AS one LEFT JOIN claimed ON true
+-- One row always: "completed" says whether the fence held; the claimed
+-- task's columns are NULL when nothing was claimed. One round trip and one
+-- commit per task instead of two: with 10 slots on 2 CPUs the worker ran
+-- 1.4-1.6 times as many tasks per second, at about 20% less server CPU
+-- per task (docs/fair_claim.md). The two updates cannot meet: the task
+-- being finished is claimed or processing, never claimable, so picked
+-- never sees it. A fence that failed still claims: the claimed task is
+-- the slot's next either way. If the answer is lost, the claim counts as
+-- one whose answer was lost (the next claim gives its task back first).
+
 -- 3e. failure. $3 error text, $4 retriable (boolean), $5 base back-off
 -- seconds, $6 cap seconds. Retriable and attempts left: retry at
 -- now() + min(cap, base * 2^(attempts-1)) scaled by a random factor in

@@ -218,17 +218,11 @@ describe_db("fencing", function()
     assert.equal(0, peer:wait(60).code)
   end)
 
-  it("gives back at once a task whose claim answer was lost, its attempt kept", function()
-    tdb.channel("c1")
-    local px = proxy.start()
-    -- A step that keeps the worker's liveness held (so nothing but the
-    -- worker itself gives the lost claim's task back before its lease).
-    local holder = enqueue_ticker(2000)
-    local w = worker("w", { DATABASE_URL = px.url, VG_CONCURRENCY = "2", VG_LEASE_SECONDS = "600",
-                            VG_SHUTDOWN_GRACE = "1" })
-    wait_ticking(holder)
-    -- The next claim waits on the server, in a trigger of this spec's, for
-    -- an advisory lock the spec holds.
+  -- From here on, a statement that claims a task waits on the server, in a
+  -- trigger of this spec's, for an advisory lock the spec holds. Returns
+  -- the function that lets the claims go (and removes nothing: after_each
+  -- drops the trigger).
+  local function gate_claims()
     db.query([[CREATE OR REPLACE FUNCTION test_claim_gate() RETURNS trigger LANGUAGE plpgsql AS $$
                BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$]])
     db.query([[CREATE TRIGGER test_claim_gate BEFORE UPDATE ON tasks FOR EACH ROW
@@ -243,29 +237,79 @@ describe_db("fencing", function()
       end)
     end)
     assert.is_true(locked:wait(30))
-    local id = enqueue_ticker(2)
+    return function()
+      unlock:set()
+      lock:join()
+    end
+  end
+
+  -- A statement of the worker's (its text matching like) waits on the gate.
+  local function wait_gated(like, what)
     assert.is_true(tdb.eventually(function()
       return tdb.count([[SELECT count(*) FROM pg_stat_activity
-                          WHERE wait_event = 'advisory' AND query LIKE '%claimed%']]) == 1
-    end, 30), "the claim did not reach the server")
-    -- Its connection dies while the server still runs it; then the lock
-    -- goes, and the server commits a claim whose answer nobody reads.
-    px:kill()
-    px:up()
-    unlock:set()
-    lock:join()
-    -- The worker gives it back itself and runs it: its lease (600 s) and
-    -- liveness (held by the other step) would keep it claimed otherwise.
+                          WHERE wait_event = 'advisory' AND query LIKE $1]], like) == 1
+    end, 30), what .. " did not reach the server")
+  end
+
+  -- The worker gave back id itself, as a task whose claim answer was lost
+  -- (its lease, 600 s, and its liveness, held by the other step, would keep
+  -- it claimed otherwise), ran it once, attempt kept, and exits 0.
+  local function assert_given_back(w, id)
     wait_status(id, "completed", 60)
     assert.equal(1, task_row(id).attempts)
     assert.equal(1, #assert_no_overlap(tick_file)[id])
     w:kill("TERM")
     local r = w:wait(60)
     assert.equal(0, r.code)
-    local lines = host.lines(r.stdout)
-    local released = host.find(lines, "tasks_released")
+    local released = host.find(host.lines(r.stdout), "tasks_released")
     assert.truthy(released, "no tasks_released line")
     assert.same({ id }, released.task_ids)
+  end
+
+  -- A worker of two slots through a proxy, one slot busy with a step that
+  -- keeps the worker's liveness held (so nothing but the worker itself
+  -- gives a lost claim's task back before its lease).
+  local function worker_holding()
+    tdb.channel("c1")
+    local px = proxy.start()
+    local holder = enqueue_ticker(2000)
+    local w = worker("w", { DATABASE_URL = px.url, VG_CONCURRENCY = "2", VG_LEASE_SECONDS = "600",
+                            VG_SHUTDOWN_GRACE = "1" })
+    wait_ticking(holder)
+    return px, w
+  end
+
+  it("gives back at once a task whose claim answer was lost, its attempt kept", function()
+    local px, w = worker_holding()
+    local unlock = gate_claims()
+    local id = enqueue_ticker(2)
+    wait_gated("%claimed%", "the claim")
+    -- Its connection dies while the server still runs it; then the lock
+    -- goes, and the server commits a claim whose answer nobody reads.
+    px:kill()
+    px:up()
+    unlock()
+    assert_given_back(w, id)
+  end)
+
+  it("gives back at once a task claimed with a complete whose answer was lost", function()
+    local px, w = worker_holding()
+    -- The second slot runs a task of about 5 s; the next task is queued
+    -- while both slots are busy, so that slot claims it with its complete
+    -- (queue.COMPLETE_CLAIM_SQL, the only statement with a "done" part).
+    local first = enqueue_ticker(100)
+    wait_ticking(first)
+    local unlock = gate_claims()
+    local id = enqueue_ticker(2)
+    wait_gated("%done AS%claimed%", "the complete with the next claim")
+    px:kill()
+    px:up()
+    unlock()
+    -- The first task's completion committed with the claim.
+    wait_status(first, "completed", 60)
+    assert.equal(1, task_row(first).attempts)
+    assert.equal(1, #assert_no_overlap(tick_file)[first])
+    assert_given_back(w, id)
   end)
 
   it("ends a step that never yields at the slice; heartbeats go on and SIGTERM is honoured", function()

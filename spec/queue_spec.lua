@@ -269,6 +269,43 @@ describe_db("the queue", function()
     assert.same({ ok = true }, row.result)
   end)
 
+  it("completes a task and claims the next in fair order in one statement, fenced", function()
+    tdb.channel("a")
+    tdb.channel("b")
+    local a = tdb.enqueue("a", 3)
+    local b = tdb.enqueue("b", 1)
+    local t = q:claim(1)[1]
+    assert.equal(a[1], t.id)
+    -- Done, and the next turn is channel b's, not a's second task.
+    local done, rows = q:complete_claim(t, { n = 1 })
+    assert.is_true(done)
+    assert.equal(1, #rows)
+    local nxt = rows[1]
+    assert.equal(b[1], nxt.id)
+    assert.equal("claimed", nxt.status)
+    assert.equal(1, nxt.attempts)
+    assert.is_false(nxt.promote)
+    assert.is_nil(nxt.completed)
+    local row = db.query("SELECT status, result, lease_expires_at FROM tasks WHERE id = $1", t.id)[1]
+    assert.equal("completed", row.status)
+    assert.same({ n = 1 }, row.result)
+    assert.equal(db.null, row.lease_expires_at)
+    -- A lost lease: the result is rejected, the claim still goes ahead.
+    db.query("UPDATE tasks SET lease_token = lease_token + 1 WHERE id = $1", nxt.id)
+    done, rows = q:complete_claim(nxt, { late = true })
+    assert.is_false(done)
+    assert.same({ a[2] }, { rows[1].id })
+    assert.equal("claimed", db.query("SELECT status FROM tasks WHERE id = $1", nxt.id)[1].status)
+    -- Nothing left to claim: one row still says whether the task was done.
+    done, rows = q:complete_claim(rows[1])
+    assert.is_true(done)
+    assert.same({ a[3] }, { rows[1].id })
+    done, rows = q:complete_claim(rows[1])
+    assert.is_true(done)
+    assert.same({}, rows)
+    assert.equal(3, tdb.count("SELECT count(*) FROM tasks WHERE status = 'completed'"))
+  end)
+
   it("renews leases it holds and reports the ones it lost", function()
     tdb.channel("c1")
     tdb.enqueue("c1", 2)

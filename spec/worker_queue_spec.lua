@@ -65,6 +65,22 @@ describe_db("worker processes", function()
     assert.equal(3, tdb.count("SELECT count(*) FROM workers WHERE status = 'stopped'"))
   end)
 
+  it("claims a slot's next task in the statement that completes its task", function()
+    tdb.channel("one")
+    tdb.enqueue("one", 40, { pipeline = "record" })
+    local w = worker("w", { VG_CONCURRENCY = "1" })
+    assert.is_true(tdb.eventually(function()
+      return tdb.count("SELECT count(*) FROM tasks WHERE status = 'completed'") == 40
+    end, 60, 0.1))
+    assert.equal(40, tdb.count("SELECT count(DISTINCT task_id) FROM test_executions"))
+    -- One statement, one transaction: the same now(). Every task but the
+    -- first was claimed at the instant its predecessor completed.
+    assert.equal(39, tdb.count([[SELECT count(*) FROM tasks n
+                                  WHERE EXISTS (SELECT 1 FROM tasks p
+                                                 WHERE p.id <> n.id AND p.completed_at = n.claimed_at)]]))
+    assert.equal(0, stop(w).code)
+  end)
+
   it("in batch mode claims and records results in batches, each task exactly once", function()
     for i = 1, 3 do tdb.channel("bc" .. i) end
     for i = 1, 3 do tdb.enqueue("bc" .. i, 200, { pipeline = "record", payload = { sleep = 0.001 } }) end

@@ -94,6 +94,10 @@ function M.new(cfg, opts)
     c.env.complete = function(task, result)
       return c:retrying(task, c.complete_batched, c, task, result)
     end
+  else
+    c.env.complete = function(task, result)
+      return c:retrying(task, c.complete_and_claim, c, task, result)
+    end
   end
   c.running = {}          -- task id -> { task = row, handle = vg task }
   c.held = {}             -- task id -> true: claims whose answer arrived
@@ -210,12 +214,13 @@ end
 -- and lease deadline it was claimed under (timed from before the send); a
 -- task whose liveness lapsed while the claim was on its way is given back
 -- at once, not run.
-function Consumer:claim(n)
+function Consumer:claim(n, send)
   if not self:settle_claims() then return {} end
   if not self:ensure_live() then return {} end
   local epoch, t0 = self.live.epoch, vg.now()
   self.claims_in_flight = self.claims_in_flight + 1
-  local ok, rows = pcall(self.queue.claim, self.queue, n)
+  local ok, rows
+  if send then ok, rows = pcall(send, n) else ok, rows = pcall(self.queue.claim, self.queue, n) end
   self.claims_in_flight = self.claims_in_flight - 1
   if self.claims_in_flight == 0 then self.claim_gate:set() end
   if not ok then
@@ -443,8 +448,10 @@ end
 -- A slot: runs the task, then, while the queue had work at the last look
 -- (claim_now) and no shutdown is under way, claims the next task itself and
 -- runs it, so a busy slot goes from one task to the next without waiting
--- for the dispatcher (one claim per task either way). It ends when a claim
--- comes back empty; the dispatcher then refills free slots as before.
+-- for the dispatcher (one claim per task either way; unbatched, the claim
+-- usually goes with the task's complete, see complete_and_claim). It ends
+-- when a claim comes back empty; the dispatcher then refills free slots as
+-- before.
 -- Batch mode leaves claiming to the dispatcher.
 function Consumer:run_slot(task, handle)
   while true do
@@ -455,7 +462,14 @@ function Consumer:run_slot(task, handle)
     self.running[task.id] = nil
     self.held[task.id] = nil
     log.clear_context("correlation_id")
+    -- The next task, when the complete claimed it (complete_and_claim).
+    local nxt = entry.next
     if not ok then
+      if nxt and vg.is_cancelled(err) then
+        self:forget_claim(nxt) -- no statement from a cancelled slot
+      elseif nxt then
+        self:give_back(nxt)
+      end
       if vg.is_cancelled(err) then error(err, 0) end
       -- A database error while recording the outcome, past the task's
       -- deadline: the task is given back when this worker takes its
@@ -467,27 +481,50 @@ function Consumer:run_slot(task, handle)
     -- task's own completion): the cancel may still be pending, so claim
     -- nothing more here, where it would interrupt the claim after the
     -- server made it.
-    if entry.lease_lost then return end
-    if self.batch or not self.claim_now or vg.shutdown_requested() then return end
-    local cok, rows = pcall(self.claim, self, 1)
-    if not cok then
-      if vg.is_cancelled(rows) then error(rows, 0) end
-      log.warning("claim_failed", { error = err_text(rows) })
+    if entry.lease_lost then
+      if nxt then self:forget_claim(nxt) end
       return
     end
-    task = rows[1]
-    if not task then return end
+    if nxt then
+      task = nxt
+    else
+      if not self:claims_next() then return end
+      local cok, rows = pcall(self.claim, self, 1)
+      if not cok then
+        if vg.is_cancelled(rows) then error(rows, 0) end
+        log.warning("claim_failed", { error = err_text(rows) })
+        return
+      end
+      task = rows[1]
+      if not task then return end
+    end
     if vg.shutdown_requested() then
       -- Shutdown began while the claim was on its way: give the task back
       -- at once (the attempt not counted) rather than start it now.
-      local rok, released = pcall(self.queue.release, self.queue, task)
-      self.held[task.id] = nil
-      if not rok then self.unknown_claims = true end -- stop() gives it back
-      self.stats.released = self.stats.released + 1
-      log.info("task_released", { task_id = task.id, released = rok and released or false })
+      self:give_back(task)
       return
     end
   end
+end
+
+-- Give back a task claimed for a slot that will not run it (the attempt
+-- not counted). If that fails, see forget_claim.
+function Consumer:give_back(task)
+  local rok, released = pcall(self.queue.release, self.queue, task)
+  if rok then self.held[task.id] = nil else self:forget_claim(task) end
+  self.stats.released = self.stats.released + 1
+  log.info("task_released", { task_id = task.id, released = rok and released or false })
+  if not rok and vg.is_cancelled(released) then error(released, 0) end
+end
+
+-- A task claimed for a slot that will not run it, and cannot send the
+-- release itself (its cancel may be pending): its claim counts as one
+-- whose answer was lost, given back at once by a task of its own (or by
+-- the next claim, or by stop()), its attempt and place kept.
+function Consumer:forget_claim(task)
+  self.held[task.id] = nil
+  self.unknown_claims = true
+  self:recheck_claims(vg.now())
 end
 
 function Consumer:spawn_runner(task)
@@ -609,6 +646,42 @@ function Consumer:complete_batched(task, result)
   batch.done:wait(nil, { interruptible = false })
   if not batch.ok then error(batch.held, 0) end
   return batch.held[task.id] == true
+end
+
+-- Unbatched: a slot that will claim its next task after this one (see
+-- run_slot) sends the claim with the complete, in one statement
+-- (queue.COMPLETE_CLAIM_SQL): one round trip and one commit instead of
+-- two. The task claimed waits in the slot's entry (entry.next), which
+-- run_slot runs next or gives back. Only when the claim could go at once:
+-- no claim's answer is in doubt and the liveness is held with its margin;
+-- otherwise a plain complete, and run_slot claims as before.
+function Consumer:complete_and_claim(task, result)
+  local entry = self.running[task.id]
+  if not entry or entry.lease_lost or entry.next or not self:claims_next()
+     or self.unknown_claims or vg.now() >= self.live.deadline - self.margin then
+    return self.queue:complete(task, result)
+  end
+  local completed
+  local ok, rows = pcall(self.claim, self, 1, function(n)
+    local done, claimed = self.queue:complete_claim(task, result, n)
+    completed = done
+    return claimed
+  end)
+  if ok then
+    entry.next = rows[1]
+    return completed
+  end
+  -- Through an infrastructure error the caller retries (a plain complete
+  -- now: the claim's answer is in doubt). Any other error may be the
+  -- claim's: the task's outcome is recorded alone.
+  if vg.is_cancelled(rows) or M.is_infra(rows) then error(rows, 0) end
+  log.warning("claim_failed", { error = err_text(rows) })
+  return self.queue:complete(task, result)
+end
+
+-- Whether a slot goes on to claim its next task when its task is done.
+function Consumer:claims_next()
+  return not self.batch and self.claim_now and not vg.shutdown_requested()
 end
 
 -- One iteration of the worker loop.

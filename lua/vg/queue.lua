@@ -55,6 +55,16 @@ promoted AS (
 )
 SELECT count(*)::int AS n FROM due_now]]
 
+-- A task completed: its result ($3 in COMPLETE_SQL, $7 in
+-- COMPLETE_CLAIM_SQL), its lease and step cleared.
+local function complete_set(result)
+  return [[
+UPDATE tasks
+   SET status = 'completed', result = ]] .. result .. [[, last_error = NULL,
+       current_step = NULL, lease_expires_at = NULL,
+       updated_at = now(), completed_at = now()]]
+end
+
 -- claimed: take the picked tasks (a new lease and fencing token). The
 -- picked ids go in as one array, which pins the UPDATE to the primary key:
 -- joined to picked, the generic plan hashed the whole table for a claim of
@@ -75,7 +85,7 @@ claimed AS (
            -- (its own t: uncorrelated, run once per statement)
            (SELECT EXISTS (SELECT 1 FROM tasks t WHERE ]] .. UNKEYED_DUE .. [[)) AS promote
 )
-SELECT * FROM claimed]]
+]]
 
 -- The due tasks that have their fair key, in fair order: what every claim
 -- descends the fair-order index for (Limit above LockRows above the index
@@ -100,7 +110,7 @@ end
 
 -- Claim up to $4 tasks: the first ones in fair order that nobody has
 -- locked.
-M.CLAIM_SQL = "WITH " .. picked() .. CLAIM_TAKE
+M.CLAIM_SQL = "WITH " .. picked() .. CLAIM_TAKE .. "SELECT * FROM claimed"
 
 -- Claim up to $4 (> 1) tasks in one statement (batch mode), in the same
 -- order, but only from the highest priority that has due tasks: a batch
@@ -108,7 +118,20 @@ M.CLAIM_SQL = "WITH " .. picked() .. CLAIM_TAKE
 -- higher one's (the next claim moves on once that priority is empty).
 M.CLAIM_MANY_SQL = "WITH top AS (\n" .. in_fair_order("t.priority_rank") .. "     LIMIT 1\n),\n"
   .. picked(" AND t.priority_rank = (SELECT priority_rank FROM top)")
-  .. CLAIM_TAKE
+  .. CLAIM_TAKE .. "SELECT * FROM claimed"
+
+-- Complete task $5 (fencing token $6, result $7) and claim up to $4 more,
+-- as CLAIM_SQL does, in one statement (one round trip, one commit): what
+-- an unbatched slot sends when its task is done and it goes on to the
+-- next. One row: "completed" (1 when the fence held, else 0), then the
+-- claimed task's columns, all NULL when nothing was claimed.
+M.COMPLETE_CLAIM_SQL = "WITH done AS (\n" .. complete_set("$7") .. [[
+ WHERE id = $5 AND lease_token = $6 AND status IN ('claimed', 'processing')
+RETURNING id
+),
+]] .. picked() .. CLAIM_TAKE .. [[
+SELECT (SELECT count(*) FROM done)::int AS completed, claimed.*
+  FROM (SELECT) AS one LEFT JOIN claimed ON true]]
 
 -- Seconds until the next claimable task is due (NULL: none queued).
 M.NEXT_DUE_SQL = [[
@@ -131,11 +154,7 @@ UPDATE tasks t
    AND t.status IN ('claimed', 'processing')
 RETURNING t.id]]
 
-M.COMPLETE_SQL = [[
-UPDATE tasks
-   SET status = 'completed', result = $3, last_error = NULL,
-       current_step = NULL, lease_expires_at = NULL,
-       updated_at = now(), completed_at = now()
+M.COMPLETE_SQL = complete_set("$3") .. [[
  WHERE id = $1 AND lease_token = $2 AND status IN ('claimed', 'processing')
 RETURNING id]]
 
@@ -377,6 +396,18 @@ end
 
 function Queue:complete(task, result)
   return held(db.query(M.COMPLETE_SQL, task.id, task.lease_token, result or db.null))
+end
+
+-- Complete task and claim up to n (default 1) more in one statement
+-- (COMPLETE_CLAIM_SQL). Returns whether the task's fence held, and the
+-- list of task rows claimed.
+function Queue:complete_claim(task, result, n)
+  local row = db.query(M.COMPLETE_CLAIM_SQL, self.worker_id, self.instance, self.lease_seconds,
+                       n or 1, task.id, task.lease_token, result or db.null)[1]
+  local completed = row.completed == 1
+  row.completed = nil
+  if row.id == db.null then return completed, {} end
+  return completed, { row }
 end
 
 -- items: list of { task, result }. Returns the set of ids completed.
