@@ -424,7 +424,7 @@ end
 -- runs with: in prepared mode generic plans, as the worker asks for
 -- (lua/worker.lua).
 local PGBENCH_VARS = { "-D", "worker=bench-pgbench", "-D", "instance=bench-pgbench:1",
-                       "-D", "lease=60", "-D", 'result={"steps":0}' }
+                       "-D", "lease=60", "-D", 'result={"steps":0}', "-D", "next_id=0", "-D", "next_token=0" }
 local PGBENCH_ENV = PGBENCH_MODE == "prepared" and { PGOPTIONS = "-c plan_cache_mode=force_generic_plan" } or nil
 
 -- Waits until the pgbench backends have gone: their CPU moves to the

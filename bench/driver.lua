@@ -87,8 +87,18 @@ end
 
 -- The pgbench scripts, made from vg.queue's SQL so that they cannot drift.
 local function pgbench_scripts()
-  local single = C.pgbench_script(C.claim_sql(queue.CLAIM_SQL),
-                                  sql_params(queue.COMPLETE_SQL, { ":id", ":lease_token", ":result" }))
+  -- Single: what an unbatched slot sends while it goes from task to task,
+  -- COMPLETE_CLAIM_SQL: complete the task claimed by the transaction
+  -- before (none in the first: id 0, pgbench -D) and claim the next, whose
+  -- id and token the final SELECT also gives as numbers (0 when nothing was
+  -- claimed, which \aset would otherwise keep as an empty string).
+  local ctail = "SELECT %(SELECT count%(%*%) FROM done%)::int AS completed, claimed%.%*"
+  local combined = queue.COMPLETE_CLAIM_SQL
+  assert(combined:find(ctail), "COMPLETE_CLAIM_SQL's final SELECT changed; update bench/driver.lua")
+  combined = combined:gsub(ctail, "%0, coalesce(claimed.id, 0) AS next_id, "
+    .. "coalesce(claimed.lease_token, 0) AS next_token")
+  local single = sql_params(combined, { ":worker", ":instance", ":lease", ":n", ":next_id", ":next_token",
+                                        ":result" }):gsub("%s*;?%s*$", "") .. " \\aset\n"
 
   -- Batched: what a worker with VG_BATCH=on sends: CLAIM_MANY_SQL with
   -- $4 = 10, its rows gathered into one JSON value (the final SELECT is the
