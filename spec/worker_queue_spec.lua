@@ -68,6 +68,15 @@ describe_db("worker processes", function()
   it("claims a slot's next task in the statement that completes its task", function()
     tdb.channel("one")
     tdb.enqueue("one", 40, { pipeline = "record" })
+    -- The claim statements sent, counted by pg_stat_statements (which the
+    -- test cluster preloads) in this database.
+    db.query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    db.query("SELECT pg_stat_statements_reset()")
+    local function calls(like)
+      return tdb.count([[SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+                          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                            AND query LIKE $1]], like)
+    end
     local w = worker("w", { VG_CONCURRENCY = "1" })
     assert.is_true(tdb.eventually(function()
       return tdb.count("SELECT count(*) FROM tasks WHERE status = 'completed'") == 40
@@ -79,6 +88,11 @@ describe_db("worker processes", function()
                                   WHERE EXISTS (SELECT 1 FROM tasks p
                                                  WHERE p.id <> n.id AND p.completed_at = n.claimed_at)]]))
     assert.equal(0, stop(w).code)
+    -- 40 completes with a claim (the last found nothing), and two claims of
+    -- their own: the first, and the worker's look once its slot ran dry.
+    -- The slot itself sends none after its complete's claim came back empty.
+    assert.equal(40, calls("WITH done AS%picked AS%"))
+    assert.equal(2, calls("WITH picked AS%"))
   end)
 
   it("in batch mode claims and records results in batches, each task exactly once", function()

@@ -463,7 +463,12 @@ function Consumer:run_slot(task, handle)
     self.held[task.id] = nil
     log.clear_context("correlation_id")
     -- The next task, when the complete claimed it (complete_and_claim).
+    entry.closed = true
     local nxt = entry.next
+    if entry.claimed then
+      -- The task ended between its claim's answer and taking the tasks.
+      for _, t in ipairs(entry.claimed) do self:forget_claim(t) end
+    end
     if not ok then
       if nxt and vg.is_cancelled(err) then
         self:forget_claim(nxt) -- no statement from a cancelled slot
@@ -488,7 +493,8 @@ function Consumer:run_slot(task, handle)
     if nxt then
       task = nxt
     else
-      if not self:claims_next() then return end
+      -- The complete's claim found nothing: the queue is empty.
+      if entry.claimed_none or not self:claims_next() then return end
       local cok, rows = pcall(self.claim, self, 1)
       if not cok then
         if vg.is_cancelled(rows) then error(rows, 0) end
@@ -657,18 +663,33 @@ end
 -- otherwise a plain complete, and run_slot claims as before.
 function Consumer:complete_and_claim(task, result)
   local entry = self.running[task.id]
-  if not entry or entry.lease_lost or entry.next or not self:claims_next()
-     or self.unknown_claims or vg.now() >= self.live.deadline - self.margin then
+  if not entry or entry.closed or entry.lease_lost or entry.next or entry.claimed
+     or not self:claims_next() or self.unknown_claims
+     or vg.now() >= self.live.deadline - self.margin then
     return self.queue:complete(task, result)
   end
   local completed
   local ok, rows = pcall(self.claim, self, 1, function(n)
     local done, claimed = self.queue:complete_claim(task, result, n)
     completed = done
+    -- Until they are taken below: run_slot gives them back if this task
+    -- ends before that.
+    entry.claimed = claimed
     return claimed
   end)
   if ok then
-    entry.next = rows[1]
+    -- No statement was sent (shutdown came while the claim waited for the
+    -- liveness): the outcome is recorded alone.
+    if completed == nil then return self.queue:complete(task, result) end
+    entry.claimed = nil
+    if entry.closed then
+      -- The slot ended while this was on its way (it was cancelled, and
+      -- this task with it only later): nobody will run them.
+      for _, t in ipairs(rows) do self:forget_claim(t) end
+    else
+      entry.next = rows[1]
+      entry.claimed_none = rows[1] == nil
+    end
     return completed
   end
   -- Through an infrastructure error the caller retries (a plain complete
