@@ -22,10 +22,13 @@ out:setvbuf("full", 1 << 16)
 
 local Queue = getmetatable(queue.new { worker_id = "timed", instance = "timed" })
 local claim, complete_claim = Queue.claim, Queue.complete_claim
+local function record(t0, rows)
+  out:write(string.format("%.4f %d\n", (vg.now() - t0) * 1000, #rows))
+end
 function Queue.claim(self, n)
   local t0 = vg.now()
   local rows = claim(self, n)
-  out:write(string.format("%.4f %d\n", (vg.now() - t0) * 1000, #rows))
+  record(t0, rows)
   return rows
 end
 -- An unbatched slot's claim that goes with its complete: timed the same
@@ -33,7 +36,7 @@ end
 function Queue.complete_claim(self, task, result, n)
   local t0 = vg.now()
   local done, rows = complete_claim(self, task, result, n)
-  out:write(string.format("%.4f %d\n", (vg.now() - t0) * 1000, #rows))
+  record(t0, rows)
   return done, rows
 end
 

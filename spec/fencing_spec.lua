@@ -279,16 +279,23 @@ describe_db("fencing", function()
     return px, w
   end
 
-  it("gives back at once a task whose claim answer was lost, its attempt kept", function()
-    local px, w = worker_holding()
+  -- A task queued while the claims are gated; the worker's statement that
+  -- claims it (its text matching like) waits on the gate, its connection
+  -- dies while the server still runs it, then the gate opens and the
+  -- server commits a claim whose answer nobody reads. Returns the task.
+  local function lose_claim_answer(px, like, what)
     local unlock = gate_claims()
     local id = enqueue_ticker(2)
-    wait_gated("%claimed%", "the claim")
-    -- Its connection dies while the server still runs it; then the lock
-    -- goes, and the server commits a claim whose answer nobody reads.
+    wait_gated(like, what)
     px:kill()
     px:up()
     unlock()
+    return id
+  end
+
+  it("gives back at once a task whose claim answer was lost, its attempt kept", function()
+    local px, w = worker_holding()
+    local id = lose_claim_answer(px, "%claimed%", "the claim")
     assert_given_back(w, id)
   end)
 
@@ -299,12 +306,7 @@ describe_db("fencing", function()
     -- (queue.COMPLETE_CLAIM_SQL, the only statement with a "done" part).
     local first = enqueue_ticker(100)
     wait_ticking(first)
-    local unlock = gate_claims()
-    local id = enqueue_ticker(2)
-    wait_gated("%done AS%claimed%", "the complete with the next claim")
-    px:kill()
-    px:up()
-    unlock()
+    local id = lose_claim_answer(px, "%done AS%claimed%", "the complete with the next claim")
     -- The first task's completion committed with the claim.
     wait_status(first, "completed", 60)
     assert.equal(1, task_row(first).attempts)
