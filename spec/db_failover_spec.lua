@@ -46,10 +46,12 @@ end
 
 -- Run a Lua snippet in a fresh vg-host; returns result, decoded log lines.
 local function run_script(src, env, timeout)
-  local path = os.tmpname() .. ".lua"
+  local base = os.tmpname()
+  local path = base .. ".lua"
   local f = assert(io.open(path, "w"))
   f:write(src)
   f:close()
+  os.remove(base)
   local base = { TEST_DATABASE_URL = URL, DATABASE_URL = URL, LOG_LEVEL = "debug" }
   for k, v in pairs(env or {}) do base[k] = v end
   local res = proc.run({ BIN, path }, { env = base, timeout = timeout or 30 })
@@ -369,7 +371,9 @@ describe("process level", function()
   end)
 
   it("wakes a task waiting for a notification at once on SIGTERM", function()
-    local path = os.tmpname() .. ".lua"
+    local base = os.tmpname()
+    os.remove(base)
+    local path = base .. ".lua"
     local f = assert(io.open(path, "w"))
     f:write([[
       local db = require "vg.db"

@@ -410,7 +410,7 @@ end)
 
 describe("vg-host exit", function()
   it("terminates a running command when the shutdown grace ends after SIGTERM", function()
-    local pidfile = os.tmpname()
+    local pidfile = host.tmpname()
     local script = host.script(([[
       local vg = require "vg"
       local proc = require "vg.proc"
@@ -444,7 +444,7 @@ describe("vg-host exit", function()
   end)
 
   it("kills spawned children left running and lets cancelled ones terminate", function()
-    local pidfile = os.tmpname()
+    local pidfile = host.tmpname()
     local script = host.script(([[
       local vg = require "vg"
       local proc = require "vg.proc"
@@ -496,7 +496,7 @@ describe("vg-host exit", function()
   end
 
   it("kills a running command and its child at os.exit", function()
-    local pidfile = os.tmpname()
+    local pidfile = host.tmpname()
     local script = host.script(([[
       local vg = require "vg"
       local proc = require "vg.proc"
@@ -510,7 +510,7 @@ describe("vg-host exit", function()
   end)
 
   it("kills a running command and its child when the host is SIGKILLed (the step guard)", function()
-    local pidfile = os.tmpname()
+    local pidfile = host.tmpname()
     local script = host.script(([[
       local proc = require "vg.proc"
       local log = require "vg.log"
@@ -528,7 +528,7 @@ describe("vg-host exit", function()
   end)
 
   it("ends at once on the third signal, killing the running command and its child", function()
-    local pidfile = os.tmpname()
+    local pidfile = host.tmpname()
     local script = host.script(([[
       local proc = require "vg.proc"
       local log = require "vg.log"

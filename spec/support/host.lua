@@ -12,9 +12,18 @@ M.key = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4="
 
 local tmp_files = {}
 
--- A temp file with the given text; removed by M.cleanup().
+-- A fresh temp file's name (os.tmpname creates it, empty); removed by
+-- M.cleanup().
+function M.tmpname()
+  local path = os.tmpname()
+  tmp_files[#tmp_files + 1] = path
+  return path
+end
+
+-- A temp file with the given text (next to an empty one, M.tmpname());
+-- both removed by M.cleanup().
 function M.script(text, suffix)
-  local path = os.tmpname() .. (suffix or ".lua")
+  local path = M.tmpname() .. (suffix or ".lua")
   local f = assert(io.open(path, "w"))
   f:write(text)
   f:close()
