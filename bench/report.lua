@@ -253,8 +253,9 @@ local function scale_lines(sc, targets)
   if e then
     lines[#lines + 1] = ""
     lines[#lines + 1] = string.format("Enqueue, %d pgbench producers, single-row INSERTs, medians of %d round(s) "
-      .. "of %s s: over 10 channels %s/s into tasks and %s/s into a copy without the fair-key trigger (%s); "
-      .. "all on one channel %s/s and %s/s (%s).", e.producers, #e.rounds, fmt(e.seconds, 0),
+      .. "of %s alternating runs of %s s per table: over 10 channels %s/s into tasks and %s/s into a copy "
+      .. "without the fair-key trigger (%s); all on one channel %s/s and %s/s (%s).", e.producers, #e.rounds,
+      e.slices or 1, fmt(e.seconds, 0),
       fmt(e.spread, 0), fmt(e.spread_copy, 0), fmt(e.ratio, 2), fmt(e.one, 0), fmt(e.one_copy, 0),
       fmt(e.ratio_one, 2))
   end
