@@ -317,14 +317,49 @@ end
 
 -- ---------------------------------------------------------------- rounds
 
+-- The cells of one backlog at their fewest and most channels with work.
+local function extremes(cells, backlog)
+  local lo, hi
+  for _, c in ipairs(cells) do
+    if c.backlog == backlog then
+      if not lo or c.busy < lo.busy or (c.busy == lo.busy and c.channels < lo.channels) then lo = c end
+      if not hi or c.busy > hi.busy or (c.busy == hi.busy and c.channels > hi.channels) then hi = c end
+    end
+  end
+  return lo, hi
+end
+
+-- The cells in the order a round runs them: per backlog, the two cells
+-- the flatness targets compare (extremes) first and next to each other,
+-- then the rest; every other round backwards. So those two run within
+-- seconds of each other, each first in turn, and a drift of the machine's
+-- speed over the minutes of a round falls on both alike.
+local function round_order(cells)
+  local seq, seen = {}, {}
+  for _, c in ipairs(cells) do
+    if not seen[c.backlog] then
+      seen[c.backlog] = true
+      local lo, hi = extremes(cells, c.backlog)
+      seq[#seq + 1] = lo
+      if hi ~= lo then seq[#seq + 1] = hi end
+      for _, d in ipairs(cells) do
+        if d.backlog == c.backlog and d ~= lo and d ~= hi then seq[#seq + 1] = d end
+      end
+    end
+  end
+  return seq
+end
+
 -- Runs kinds (name -> function(cell, template, backlog, round)) over every
--- cell, all cells in turn, S.rounds times. Returns the cells with, per
+-- cell, all cells in turn (round_order), S.rounds times. Returns the cells with, per
 -- kind, the list of every round's result (false: the run failed) and the
 -- errors; one TAP line per kind (fails only when some cell has no result).
 local function run_rounds(S, cells, kinds, order)
   local errors = {}
+  local seq = round_order(cells)
   for r = 1, S.rounds do
-    for _, cell in ipairs(cells) do
+    for i = 1, #seq do
+      local cell = r % 2 == 1 and seq[i] or seq[#seq + 1 - i]
       for _, kind in ipairs(order) do
         say("round %d/%d, %s, %s queued: %s", r, S.rounds, cell.label, cell.queued, kind)
         local ok, res, check = pcall(kinds[kind], cell, r)
@@ -399,18 +434,6 @@ local function tap_kinds(desc, order, cells, errors)
       .. table.concat(errors[kind] or {}, "\n")) or nil
     C.tap(#missing == 0, string.format(desc, kind), diag)
   end
-end
-
--- The cells of one backlog at their fewest and most channels with work.
-local function extremes(cells, backlog)
-  local lo, hi
-  for _, c in ipairs(cells) do
-    if c.backlog == backlog then
-      if not lo or c.busy < lo.busy or (c.busy == lo.busy and c.channels < lo.channels) then lo = c end
-      if not hi or c.busy > hi.busy or (c.busy == hi.busy and c.channels > hi.channels) then hi = c end
-    end
-  end
-  return lo, hi
 end
 
 -- Every template database made here, dropped at the end.

@@ -196,13 +196,13 @@ local overlaps = ticks.overlaps(runs)
 local delays, slow = {}, {}
 local run_start = wall_ns() - math.floor((vg.now() - started) * 1e9)
 for _, k in ipairs(kills) do
-  for _, list in pairs(runs) do
+  for task, list in pairs(runs) do
     for i = 1, #list - 1 do
       local r = list[i]
       if r.worker == k.worker and r.first <= k.at and r.last >= k.at - 200000000 then
         local d = (list[i + 1].first - k.at) / 1e9
         delays[#delays + 1] = d
-        if d > 8 then slow[#slow + 1] = string.format("%.1f s (kill at %.0f s)", d, (k.at - run_start) / 1e9) end
+        if d > 8 then slow[#slow + 1] = { task = task, seconds = d, kill = (k.at - run_start) / 1e9 } end
       end
     end
   end
@@ -231,7 +231,21 @@ make chaos: %d tasks, %d workers x %s, %.0f s
   N, NW, CONC, took, counts.kills, counts.listen_terminated, counts.restarts,
   lost, #overlaps, twice, #failed_rows, infra.errors, infra.spent,
   #delays, report.kill_to_rerun_p50, report.kill_to_rerun_max))
-if #slow > 0 then print("  reruns slower than 8 s: " .. table.concat(slow, ", ")) end
+-- A slow rerun with what the database recorded of its task: the errors
+-- and completion (chaos_events) and the runs its steps logged.
+for _, sl in ipairs(slow) do
+  print(string.format("  rerun slower than 8 s: task %s, %.1f s after the kill at %.0f s", tostring(sl.task),
+                      sl.seconds, sl.kill))
+  local id = tonumber(sl.task)
+  if id then
+    for _, e in ipairs(db.query([[SELECT extract(epoch FROM at)::float8 - $2::float8 AS t, kind, error,
+                                         attempts_before, attempts_after
+                                    FROM chaos_events WHERE task_id = $1 ORDER BY at]], id, run_start / 1e9)) do
+      print(string.format("    %.1f s: %s, attempts %s -> %s%s", e.t, e.kind, tostring(e.attempts_before),
+                          tostring(e.attempts_after), e.error and (": " .. e.error) or ""))
+    end
+  end
+end
 for _, f in ipairs(failed_rows) do
   print(string.format("  failed: task %d after %d attempts: %s", f.id, f.attempts, f.last_error))
 end
