@@ -242,7 +242,7 @@ for _, sl in ipairs(slow) do
                                          attempts_before, attempts_after
                                     FROM chaos_events WHERE task_id = $1 ORDER BY at]], id, run_start / 1e9)) do
       print(string.format("    %.1f s: %s, attempts %s -> %s%s", e.t, e.kind, tostring(e.attempts_before),
-                          tostring(e.attempts_after), e.error and (": " .. e.error) or ""))
+                          tostring(e.attempts_after), type(e.error) == "string" and (": " .. e.error) or ""))
     end
   end
 end
