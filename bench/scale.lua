@@ -351,9 +351,10 @@ local function round_order(cells)
 end
 
 -- Runs kinds (name -> function(cell, template, backlog, round)) over every
--- cell, all cells in turn (round_order), S.rounds times. Returns the cells with, per
--- kind, the list of every round's result (false: the run failed) and the
--- errors; one TAP line per kind (fails only when some cell has no result).
+-- cell, all cells in turn (round_order), S.rounds times. Returns the cells
+-- with, per kind, the list of every round's result (false: the run failed)
+-- and the errors; one TAP line per kind (fails only when some cell has no
+-- result).
 local function run_rounds(S, cells, kinds, order)
   local errors = {}
   local seq = round_order(cells)

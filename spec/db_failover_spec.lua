@@ -44,14 +44,21 @@ local function warm(pool, n)
   for i = 1, n do ts[i]:join() end
 end
 
--- Run a Lua snippet in a fresh vg-host; returns result, decoded log lines.
-local function run_script(src, env, timeout)
-  local base = os.tmpname()
-  local path = base .. ".lua"
+-- A temp file NAME.lua holding src (the empty NAME os.tmpname made is
+-- removed); the caller removes the script.
+local function script_file(src)
+  local stem = os.tmpname()
+  local path = stem .. ".lua"
   local f = assert(io.open(path, "w"))
   f:write(src)
   f:close()
-  os.remove(base)
+  os.remove(stem)
+  return path
+end
+
+-- Run a Lua snippet in a fresh vg-host; returns result, decoded log lines.
+local function run_script(src, env, timeout)
+  local path = script_file(src)
   local base = { TEST_DATABASE_URL = URL, DATABASE_URL = URL, LOG_LEVEL = "debug" }
   for k, v in pairs(env or {}) do base[k] = v end
   local res = proc.run({ BIN, path }, { env = base, timeout = timeout or 30 })
@@ -371,11 +378,7 @@ describe("process level", function()
   end)
 
   it("wakes a task waiting for a notification at once on SIGTERM", function()
-    local base = os.tmpname()
-    os.remove(base)
-    local path = base .. ".lua"
-    local f = assert(io.open(path, "w"))
-    f:write([[
+    local path = script_file([[
       local db = require "vg.db"
       local log = require "vg.log"
       db.listen("vgspec_term")
@@ -384,7 +387,6 @@ describe("process level", function()
       log.info("woke", { got = n ~= nil })
       db.close()
     ]])
-    f:close()
     local p = proc.spawn({ BIN, path }, { env = { DATABASE_URL = URL, LOG_LEVEL = "debug" } })
     local ok = p:wait_output('"event":"waiting_now"', 20, { plain = true })
     os.remove(path)

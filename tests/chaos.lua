@@ -231,19 +231,16 @@ make chaos: %d tasks, %d workers x %s, %.0f s
   N, NW, CONC, took, counts.kills, counts.listen_terminated, counts.restarts,
   lost, #overlaps, twice, #failed_rows, infra.errors, infra.spent,
   #delays, report.kill_to_rerun_p50, report.kill_to_rerun_max))
--- A slow rerun with what the database recorded of its task: the errors
--- and completion (chaos_events) and the runs its steps logged.
+-- A slow rerun with what the database recorded of its task: its errors
+-- and its completion (chaos_events), in seconds from the start.
 for _, sl in ipairs(slow) do
-  print(string.format("  rerun slower than 8 s: task %s, %.1f s after the kill at %.0f s", tostring(sl.task),
-                      sl.seconds, sl.kill))
-  local id = tonumber(sl.task)
-  if id then
-    for _, e in ipairs(db.query([[SELECT extract(epoch FROM at)::float8 - $2::float8 AS t, kind, error,
-                                         attempts_before, attempts_after
-                                    FROM chaos_events WHERE task_id = $1 ORDER BY at]], id, run_start / 1e9)) do
-      print(string.format("    %.1f s: %s, attempts %s -> %s%s", e.t, e.kind, tostring(e.attempts_before),
-                          tostring(e.attempts_after), type(e.error) == "string" and (": " .. e.error) or ""))
-    end
+  print(string.format("  rerun slower than 8 s: task %d, %.1f s after the kill at %.0f s", sl.task, sl.seconds,
+                      sl.kill))
+  for _, e in ipairs(db.query([[SELECT extract(epoch FROM at)::float8 - $2::float8 AS t, kind, error,
+                                       attempts_before, attempts_after
+                                  FROM chaos_events WHERE task_id = $1 ORDER BY at]], sl.task, run_start / 1e9)) do
+    print(string.format("    %.1f s: %s, attempts %d -> %d%s", e.t, e.kind, e.attempts_before, e.attempts_after,
+                        type(e.error) == "string" and (": " .. e.error) or ""))
   end
 end
 for _, f in ipairs(failed_rows) do
