@@ -3,7 +3,7 @@
 -- Run by tests/chaos.sh (a throw-away cluster; DATABASE_URL and PGTMP_DIR
 -- set), not by make test.
 --
---   CHAOS_TASKS (5000)  ticker tasks, CHAOS_TICKS (10) ticks of 50 ms each
+--   CHAOS_TASKS (1500)  ticker tasks, CHAOS_TICKS (4) ticks of 50 ms each
 --   CHAOS_WORKERS (3)   workers at VG_CONCURRENCY=CHAOS_CONCURRENCY (10)
 --   CHAOS_LIMIT (900)   seconds before giving up on the queue draining
 --
@@ -12,6 +12,14 @@
 -- reaches PostgreSQL through a proxy, cut off for 10 s from 20 s (the proxy
 -- stopped: connections stay open and carry nothing); PostgreSQL restarted
 -- with -m fast at 40 s and with -m immediate at 70 s.
+--
+-- Every fault must find work in flight, however fast the machine: until
+-- the last one is over (FAULTS_END), the queue is topped up with more
+-- tasks whenever fewer than TOP_UP_BELOW are left, so a fast machine runs
+-- more than CHAOS_TASKS. Each top-up is a batch with its own tag in the
+-- payload, and counts only once the database shows all of its rows: an
+-- INSERT whose answer was lost to a restart is neither counted twice nor
+-- lost from the count.
 local vg = require "vg"
 local db = require "vg.db"
 local proc = require "vg.proc"
@@ -22,8 +30,8 @@ local ROOT = os.getenv("PWD") or "."
 local BIN = os.getenv("VG_HOST_BIN") or (ROOT .. "/build/vg-host")
 local URL = assert(os.getenv("DATABASE_URL"), "DATABASE_URL")
 local PGDIR = assert(os.getenv("PGTMP_DIR"), "PGTMP_DIR")
-local N = tonumber(os.getenv("CHAOS_TASKS") or "5000")
-local TICKS = tonumber(os.getenv("CHAOS_TICKS") or "10")
+local N = tonumber(os.getenv("CHAOS_TASKS") or "1500")
+local TICKS = tonumber(os.getenv("CHAOS_TICKS") or "4")
 local NW = tonumber(os.getenv("CHAOS_WORKERS") or "3")
 local CONC = os.getenv("CHAOS_CONCURRENCY") or "10"
 local LIMIT = tonumber(os.getenv("CHAOS_LIMIT") or "900")
@@ -67,9 +75,13 @@ CREATE TRIGGER chaos_record AFTER UPDATE ON tasks FOR EACH ROW EXECUTE FUNCTION 
 for i = 1, 5 do
   db.query("INSERT INTO channels (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", "chaos" .. i)
 end
-db.query([[INSERT INTO tasks (channel_id, pipeline, payload)
-           SELECT 'chaos' || (1 + g % 5), 'ticker', jsonb_build_object('log', $1::text, 'ticks', $2::int)
-             FROM generate_series(1, $3) g]], TICK_FILE, TICKS, N)
+-- Batch b of n tasks (0: the first CHAOS_TASKS).
+local ENQUEUE_SQL = [[INSERT INTO tasks (channel_id, pipeline, payload)
+  SELECT 'chaos' || (1 + g % 5), 'ticker',
+         jsonb_build_object('log', $1::text, 'ticks', $2::int, 'batch', $3::int)
+    FROM generate_series(1, $4) g]]
+db.query(ENQUEUE_SQL, TICK_FILE, TICKS, 0, N)
+local total = N   -- tasks enqueued, as far as the database has confirmed
 say("%d tasks of %d ticks, %d workers x %s", N, TICKS, NW, CONC)
 
 -- The proxy for the last worker: socat, its own process group.
@@ -160,12 +172,43 @@ end)
 
 -- ---- until the queue drains ----------------------------------------------------
 
+local FAULTS_END = 75                     -- s: the immediate restart at 70, and its recovery
+local TOP_UP_BELOW = 3 * NW * tonumber(CONC)
+local TOP_UP = math.max(100, math.floor(N / 5))
+local batch = { n = 0, pending = false }  -- the last top-up; pending until the database shows it
+
+-- Settles the pending batch: counted once all its rows are there; when
+-- none are (its INSERT failed), sent again if resend, else given up.
+-- Nothing happens while the database does not answer.
+local function settle(resend)
+  if not batch.pending then return end
+  local rows = try_query("SELECT count(*)::int AS n FROM tasks WHERE payload->>'batch' = $1", tostring(batch.n))
+  if not rows then return end
+  if rows[1].n == TOP_UP then
+    total, batch.pending = total + TOP_UP, false
+  elseif rows[1].n ~= 0 then   -- one INSERT: all or nothing
+    error("top-up batch " .. batch.n .. " has " .. rows[1].n .. " of its " .. TOP_UP .. " tasks")
+  elseif resend then
+    try_query(ENQUEUE_SQL, TICK_FILE, TICKS, batch.n, TOP_UP)
+  else
+    batch.pending = false
+  end
+end
+
 local started = vg.now()
 while vg.now() - started < LIMIT do
   vg.sleep(2, { interruptible = false })
+  settle(true)
   local left = remaining()
+  local faulting = vg.now() - started < FAULTS_END
   if left then say("%d tasks left after %.0f s", left, vg.now() - started) end
-  if left == 0 then break end
+  if faulting and left and left < TOP_UP_BELOW and not batch.pending then
+    batch.n, batch.pending = batch.n + 1, true
+    say("topping up: %d more tasks (batch %d) until the faults are over", TOP_UP, batch.n)
+    try_query(ENQUEUE_SQL, TICK_FILE, TICKS, batch.n, TOP_UP)
+  elseif left == 0 and not faulting and not batch.pending then
+    break
+  end
 end
 faults:cancel()
 pcall(faults.join, faults)
@@ -179,9 +222,13 @@ local took = vg.now() - started
 -- ---- the count ------------------------------------------------------------------
 
 local function one(sql, ...) return db.query(sql, ...)[1].n end
+settle(false)   -- (after a time-out: a batch whose INSERT never landed is not counted)
+assert(not batch.pending, "the database did not answer at the end")
+local rows_in_table = one("SELECT count(*)::int AS n FROM tasks")
+assert(rows_in_table == total, string.format("%d tasks in the table, %d enqueued", rows_in_table, total))
 local completed = one("SELECT count(*)::int AS n FROM tasks WHERE status = 'completed'")
 local failed_rows = db.query("SELECT id, attempts, last_error FROM tasks WHERE status = 'failed' ORDER BY id")
-local lost = N - completed - #failed_rows
+local lost = total - completed - #failed_rows
 local twice = one([[SELECT count(*)::int AS n FROM (SELECT task_id FROM chaos_events
                      WHERE kind = 'completed' GROUP BY task_id HAVING count(*) > 1) x]])
 local INFRA = "(pool_timeout|connection_lost|connect_failed|database_unreachable|57P0|terminating connection)"
@@ -193,7 +240,18 @@ local overlaps = ticks.overlaps(runs)
 
 -- Kill to rerun: for each SIGKILL, the tasks the killed worker was running
 -- (its run ticked in the 0.2 s before), and when the next run of each began.
-local delays, slow = {}, {}
+-- Split in two at the task's first error event after the kill (chaos_events:
+-- the rescue that gave it back): kill to given back, given back to rerun.
+local given_back = {}   -- task -> wall seconds of its error events, in order
+for _, e in ipairs(db.query([[SELECT task_id, extract(epoch FROM at)::float8 AS at FROM chaos_events
+                               WHERE kind <> 'completed' ORDER BY at]])) do
+  given_back[e.task_id] = given_back[e.task_id] or {}
+  table.insert(given_back[e.task_id], e.at)
+end
+local function first_after(list, t)
+  for _, at in ipairs(list or {}) do if at >= t then return at end end
+end
+local delays, to_back, back_to_rerun, slow = {}, {}, {}, {}
 local run_start = wall_ns() - math.floor((vg.now() - started) * 1e9)
 for _, k in ipairs(kills) do
   for task, list in pairs(runs) do
@@ -202,24 +260,31 @@ for _, k in ipairs(kills) do
       if r.worker == k.worker and r.first <= k.at and r.last >= k.at - 200000000 then
         local d = (list[i + 1].first - k.at) / 1e9
         delays[#delays + 1] = d
+        local back = first_after(given_back[task], k.at / 1e9)
+        if back and back <= list[i + 1].first / 1e9 then
+          to_back[#to_back + 1] = back - k.at / 1e9
+          back_to_rerun[#back_to_rerun + 1] = list[i + 1].first / 1e9 - back
+        end
         if d > 8 then slow[#slow + 1] = { task = task, seconds = d, kill = (k.at - run_start) / 1e9 } end
       end
     end
   end
 end
-table.sort(delays)
-local function pct(p)
-  if #delays == 0 then return 0 end
-  return delays[math.max(1, math.ceil(#delays * p))]
+for _, l in ipairs({ delays, to_back, back_to_rerun }) do table.sort(l) end
+local function pct(p, l)
+  l = l or delays
+  if #l == 0 then return 0 end
+  return l[math.max(1, math.ceil(#l * p))]
 end
 
 local report = {
-  tasks = N, completed = completed, failed = #failed_rows, lost = lost,
+  tasks = total, completed = completed, failed = #failed_rows, lost = lost,
   overlapping = #overlaps, completed_twice = twice,
   infra_errors = infra.errors, attempts_spent_on_infra_errors = infra.spent,
   kills = counts.kills, listen_sessions_terminated = counts.listen_terminated,
   postgres_restarts = counts.restarts, reruns_after_kill = #delays,
   kill_to_rerun_p50 = pct(0.5), kill_to_rerun_max = delays[#delays] or 0,
+  kill_to_given_back_p50 = pct(0.5, to_back), given_back_to_rerun_p50 = pct(0.5, back_to_rerun),
   seconds = took,
 }
 print(string.format([[
@@ -227,10 +292,12 @@ make chaos: %d tasks, %d workers x %s, %.0f s
   SIGKILLs %d, LISTEN sessions terminated %d, PostgreSQL restarts %d, one 10 s partition
   lost %d   overlapping %d   completed twice %d   failed %d
   infrastructure errors %d, attempts spent on them %d
-  kill to rerun (%d reruns): p50 %.2f s, max %.2f s]],
-  N, NW, CONC, took, counts.kills, counts.listen_terminated, counts.restarts,
+  kill to rerun (%d reruns): p50 %.2f s, max %.2f s
+    of which kill to given back p50 %.2f s (p90 %.2f), given back to rerun p50 %.2f s (p90 %.2f)]],
+  total, NW, CONC, took, counts.kills, counts.listen_terminated, counts.restarts,
   lost, #overlaps, twice, #failed_rows, infra.errors, infra.spent,
-  #delays, report.kill_to_rerun_p50, report.kill_to_rerun_max))
+  #delays, report.kill_to_rerun_p50, report.kill_to_rerun_max,
+  pct(0.5, to_back), pct(0.9, to_back), pct(0.5, back_to_rerun), pct(0.9, back_to_rerun)))
 -- A slow rerun with what the database recorded of its task: its errors
 -- and its completion (chaos_events), in seconds from the start.
 for _, sl in ipairs(slow) do
